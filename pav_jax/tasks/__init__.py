@@ -1,0 +1,27 @@
+"""Reasoning tasks with exact graders: arithmetic, countdown, GSM8K, MATH.
+
+`get_task(name, **knobs)` returns a `Task`; `load_examples` (in
+`pav_jax.tasks.tfds_builders`, re-exported lazily) reads the same examples
+through TFDS array_record files.
+"""
+
+from typing import Any
+
+from pav_jax.tasks.base import ANSWER_PREFIX
+from pav_jax.tasks.base import Example
+from pav_jax.tasks.base import find_data_dir
+from pav_jax.tasks.base import join_steps
+from pav_jax.tasks.base import split_steps
+from pav_jax.tasks.base import STEP_DELIMITER
+from pav_jax.tasks.base import Task
+from pav_jax.tasks.registry import get_task
+from pav_jax.tasks.registry import TASKS
+
+
+def __getattr__(name: str) -> Any:
+  # tensorflow_datasets is imported only when TFDS loading is used.
+  if name == "load_examples":
+    from pav_jax.tasks import tfds_builders  # pylint: disable=g-import-not-at-top
+
+    return tfds_builders.load_examples
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
