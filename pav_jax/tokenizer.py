@@ -44,7 +44,9 @@ class Tokenizer:
   """
 
   def __init__(
-      self, processor: spm.SentencePieceProcessor, score_piece: str | None = None
+      self,
+      processor: spm.SentencePieceProcessor,
+      score_piece: str | None = None,
   ):
     """Wraps `processor`.
 
@@ -94,7 +96,9 @@ class Tokenizer:
     processor = spm.SentencePieceProcessor(model_file=str(path))
     return cls(processor, score_piece)
 
-  def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+  def encode(
+      self, text: str, bos: bool = False, eos: bool = False
+  ) -> list[int]:
     """Token ids of `text`, optionally with BOS first and EOS last."""
     ids = self._sp.encode(text, out_type=int)
     return [self.bos_id] * bos + ids + [self.eos_id] * eos

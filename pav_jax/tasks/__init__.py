@@ -21,7 +21,8 @@ from pav_jax.tasks.registry import TASKS
 def __getattr__(name: str) -> Any:
   # tensorflow_datasets is imported only when TFDS loading is used.
   if name == "load_examples":
-    from pav_jax.tasks import tfds_builders  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from pav_jax.tasks import tfds_builders
 
     return tfds_builders.load_examples
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,7 +53,9 @@ class ArithmeticTask(base.QATask):
           f"num_ops and digits must be >= 1, got {self.num_ops}, {self.digits}"
       )
     if not self.ops or set(self.ops) - set(_OPS):
-      raise ValueError(f"ops must be a non-empty subset of {_OPS!r}: {self.ops!r}")
+      raise ValueError(
+          f"ops must be a non-empty subset of {_OPS!r}, got {self.ops!r}"
+      )
     if not 0.0 <= self.noprogress_frac <= 1.0:
       raise ValueError(
           f"noprogress_frac must be in [0, 1], got {self.noprogress_frac}"

@@ -56,7 +56,9 @@ class CountdownTask(base.QATask):
           f" {self.num_numbers}, {self.max_number}"
       )
     if not self.ops or set(self.ops) - set(_OPS):
-      raise ValueError(f"ops must be a non-empty subset of {_OPS!r}: {self.ops!r}")
+      raise ValueError(
+          f"ops must be a non-empty subset of {_OPS!r}, got {self.ops!r}"
+      )
 
   @property
   def bound(self) -> int:
@@ -82,7 +84,9 @@ class CountdownTask(base.QATask):
 
   def _generate(self, rng: random.Random, uid: str) -> base.Example:
     for _ in range(_MAX_TRIES):
-      numbers = [rng.randint(1, self.max_number) for _ in range(self.num_numbers)]
+      numbers = [
+          rng.randint(1, self.max_number) for _ in range(self.num_numbers)
+      ]
       lines = self._random_solution(rng, numbers)
       if lines is None:
         continue
@@ -110,7 +114,8 @@ class CountdownTask(base.QATask):
       a, b = (pool.pop(rng.randrange(len(pool))) for _ in range(2))
       a, b = max(a, b), min(a, b)
       results = [(op, _apply(op, a, b)) for op in self.ops]
-      results = [(op, c) for op, c in results if c is not None and c <= self.bound]
+      results = [(op, c) for op, c in results if c is not None]
+      results = [(op, c) for op, c in results if c <= self.bound]
       if not results:
         return None
       op, c = rng.choice(results)
