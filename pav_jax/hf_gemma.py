@@ -1,0 +1,595 @@
+"""Gemma-2 checkpoints in the Hugging Face safetensors layout <-> pav_jax.
+
+Import reads `config.json` plus either a single `model.safetensors` or the
+shards listed in `model.safetensors.index.json`, one tensor at a time
+(`safetensors.safe_open`), converts each to the engine's layout and dtype and
+places it on device before the next one is read, so peak host memory stays
+near one copy of the weights. Export writes the same layout back (optionally
+sharded); import -> export -> import is bit-exact.
+
+Layout map (torch Linear weights are [out, in]):
+
+  model.embed_tokens.weight                 [V, D]   -> embed_VD
+  model.layers.{i}.self_attn.q_proj.weight  [N*H, D] -> layer_i.attn.q_DNH
+  model.layers.{i}.self_attn.k_proj.weight  [K*H, D] -> layer_i.attn.k_DKH
+  model.layers.{i}.self_attn.v_proj.weight  [K*H, D] -> layer_i.attn.v_DKH
+  model.layers.{i}.self_attn.o_proj.weight  [D, N*H] -> layer_i.attn.o_NHD
+  model.layers.{i}.mlp.gate_proj.weight     [F, D]   -> layer_i.mlp.gate_DF
+  model.layers.{i}.mlp.up_proj.weight       [F, D]   -> layer_i.mlp.up_DF
+  model.layers.{i}.mlp.down_proj.weight     [D, F]   -> layer_i.mlp.down_FD
+  model.layers.{i}.input_layernorm.weight            -> pre_attn_norm.scale
+  model.layers.{i}.post_attention_layernorm.weight   -> post_attn_norm.scale
+  model.layers.{i}.pre_feedforward_layernorm.weight  -> pre_ffw_norm.scale
+  model.layers.{i}.post_feedforward_layernorm.weight -> post_ffw_norm.scale
+  model.norm.weight                                  -> final_norm.scale
+
+Both sides store the Gemma norm weight w of x * (1 + w), so norms copy as is.
+
+Public API:
+  load_model(path, dtype) -> (cfg, graphdef, params)
+  load_params(path, cfg, dtype, shardings) -> params
+  save_model(path, cfg, params, dtype, max_shard_bytes)
+  config_from_hf(hf_config, dtype) / config_to_hf(cfg, dtype)
+  read_hf_config(path)
+Every failure raises `CheckpointError` naming the file or tensor at fault.
+"""
+
+import json
+import os
+import re
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_dtypes
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from pav_jax import config as config_lib
+from pav_jax import transformer
+
+CONFIG_FILE = "config.json"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+_DTYPES = {"float32": np.dtype(np.float32),
+           "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+# HF tensors that carry no information for us (old checkpoints saved RoPE
+# buffers).
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+_NORMS = {
+    "input_layernorm": "pre_attn_norm",
+    "post_attention_layernorm": "post_attn_norm",
+    "pre_feedforward_layernorm": "pre_ffw_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing, corrupt, or not representable here."""
+
+
+# Config ----------------------------------------------------------------------
+
+
+def read_hf_config(path: str) -> dict[str, Any]:
+  """The parsed `config.json` of an HF checkpoint directory."""
+  fname = os.path.join(path, CONFIG_FILE)
+  if not os.path.isdir(path):
+    raise CheckpointError(
+        f"{path!r} is not a directory; pass the directory that holds "
+        f"{CONFIG_FILE} and the *.safetensors files"
+    )
+  try:
+    with open(fname) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise CheckpointError(
+        f"{fname} not found: an HF checkpoint directory needs its "
+        f"{CONFIG_FILE}"
+    ) from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{fname} is not valid JSON: {e}") from e
+
+
+def _rope_theta(hf: dict[str, Any]) -> float:
+  """rope_theta from a v4 (`rope_theta`) or v5 (`rope_parameters`) config."""
+  scaling = hf.get("rope_scaling")
+  if scaling:
+    raise CheckpointError(
+        f"rope_scaling={scaling!r} is set; pav_jax only implements plain "
+        "RoPE. Remove it or convert a checkpoint without RoPE scaling."
+    )
+  params = hf.get("rope_parameters") or {}
+  rope_type = params.get("rope_type", params.get("type", "default"))
+  if rope_type != "default" or set(params) - {"rope_type", "type",
+                                              "rope_theta"}:
+    raise CheckpointError(
+        f"rope_parameters={params!r}: only rope_type 'default' (plain RoPE "
+        "with rope_theta) is supported"
+    )
+  theta = params.get("rope_theta", hf.get("rope_theta", 10_000.0))
+  if "rope_theta" in params and "rope_theta" in hf and (
+      float(hf["rope_theta"]) != float(params["rope_theta"])):
+    raise CheckpointError(
+        f"config.json has rope_theta={hf['rope_theta']} but "
+        f"rope_parameters.rope_theta={params['rope_theta']}; make them agree"
+    )
+  return float(theta)
+
+
+def config_from_hf(
+    hf: dict[str, Any], dtype: str = "float32"
+) -> config_lib.ModelConfig:
+  """Maps an HF Gemma-2 `config.json` dict onto `ModelConfig`.
+
+  Args:
+    hf: the parsed config.json.
+    dtype: compute dtype of the returned config ("float32"/"bfloat16").
+
+  Raises:
+    CheckpointError: for anything the pav_jax model cannot represent.
+  """
+  model_type = hf.get("model_type")
+  if model_type != "gemma2":
+    raise CheckpointError(
+        f"model_type={model_type!r} is not supported: this loader reads "
+        "Gemma-2 checkpoints (model_type 'gemma2') only"
+    )
+  act = hf.get("hidden_activation") or hf.get("hidden_act")
+  if act != "gelu_pytorch_tanh":
+    raise CheckpointError(
+        f"hidden_activation={act!r}: pav_jax's MLP is gated GELU with the "
+        "tanh approximation ('gelu_pytorch_tanh') only"
+    )
+  for key in ("attention_bias", "use_bidirectional_attention"):
+    if hf.get(key):
+      raise CheckpointError(f"{key}={hf[key]!r} is not supported")
+  required = ("vocab_size", "hidden_size", "num_hidden_layers",
+              "intermediate_size", "num_attention_heads")
+  missing = [k for k in required if k not in hf]
+  if missing:
+    raise CheckpointError(f"config.json lacks required key(s) {missing}")
+  num_layers = int(hf["num_hidden_layers"])
+  num_heads = int(hf["num_attention_heads"])
+  head_dim = int(hf.get("head_dim") or hf["hidden_size"] // num_heads)
+  window = hf.get("sliding_window")
+  layer_types = hf.get("layer_types")
+  if layer_types is not None:
+    # pav_jax hard-wires Gemma 2's pattern: even layers local, odd global.
+    want = ["sliding_attention" if (window and i % 2 == 0) else
+            "full_attention" for i in range(num_layers)]
+    if list(layer_types) != want:
+      raise CheckpointError(
+          f"layer_types={layer_types} is not Gemma 2's alternation "
+          f"(expected {want}); pav_jax cannot represent other patterns"
+      )
+  scalar = hf.get("query_pre_attn_scalar")
+  try:
+    return config_lib.ModelConfig(
+        vocab_size=int(hf["vocab_size"]),
+        num_layers=num_layers,
+        embed_dim=int(hf["hidden_size"]),
+        hidden_dim=int(hf["intermediate_size"]),
+        num_heads=num_heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+        head_dim=head_dim,
+        query_pre_attn_scalar=None if scalar is None else float(scalar),
+        attn_logits_soft_cap=_opt_float(hf.get("attn_logit_softcapping")),
+        final_logit_soft_cap=_opt_float(hf.get("final_logit_softcapping")),
+        sliding_window=None if window is None else int(window),
+        rope_base=_rope_theta(hf),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        dtype=dtype,
+        max_seq_len=int(hf.get("max_position_embeddings", 8192)),
+    )
+  except ValueError as e:
+    if isinstance(e, CheckpointError):
+      raise
+    raise CheckpointError(f"config.json is inconsistent: {e}") from e
+
+
+def _opt_float(x) -> float | None:
+  return None if x is None else float(x)
+
+
+def _num(x: float) -> int | float:
+  """JSON-friendly: integral floats as ints (HF writes 24, not 24.0)."""
+  return int(x) if float(x).is_integer() else float(x)
+
+
+def config_to_hf(
+    cfg: config_lib.ModelConfig, dtype: str = "float32"
+) -> dict[str, Any]:
+  """An HF `config.json` dict for `cfg`, readable by transformers 4.4x-5.x.
+
+  Args:
+    cfg: the model config.
+    dtype: the dtype the weights are stored in (recorded as `torch_dtype`
+      and `dtype`).
+  """
+  scalar = cfg.query_pre_attn_scalar
+  return {
+      "architectures": ["Gemma2ForCausalLM"],
+      "model_type": "gemma2",
+      "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.embed_dim,
+      "intermediate_size": cfg.hidden_dim,
+      "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads,
+      "num_key_value_heads": cfg.num_kv_heads,
+      "head_dim": cfg.head_dim,
+      "query_pre_attn_scalar": _num(scalar or cfg.head_dim),
+      "attn_logit_softcapping": cfg.attn_logits_soft_cap,
+      "final_logit_softcapping": cfg.final_logit_soft_cap,
+      "sliding_window": cfg.sliding_window,
+      "layer_types": [
+          "sliding_attention" if cfg.is_local(i) else "full_attention"
+          for i in range(cfg.num_layers)
+      ],
+      "rope_theta": cfg.rope_base,
+      "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+      "rms_norm_eps": cfg.norm_eps,
+      "max_position_embeddings": cfg.max_seq_len,
+      "hidden_activation": "gelu_pytorch_tanh",
+      "hidden_act": "gelu_pytorch_tanh",
+      "attention_bias": False,
+      "attention_dropout": 0.0,
+      "tie_word_embeddings": True,
+      "torch_dtype": dtype,
+      "dtype": dtype,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "bos_token_id": 2,
+  }
+
+
+# Layout map ------------------------------------------------------------------
+
+# A conversion: (HF tensor name, path into our params dict, expected HF shape,
+# HF array -> ours, ours -> HF array).
+_Conv = tuple[str, tuple[str, ...], tuple[int, ...],
+              Callable[[np.ndarray], np.ndarray],
+              Callable[[np.ndarray], np.ndarray]]
+
+
+def _conversions(cfg: config_lib.ModelConfig, prefix: str) -> list[_Conv]:
+  """Every tensor of the checkpoint, in file order of a typical export."""
+  d, f, n, k, h = (cfg.embed_dim, cfg.hidden_dim, cfg.num_heads,
+                   cfg.num_kv_heads, cfg.head_dim)
+  ident = lambda x: x
+
+  def heads_in(num):  # [num*H, D] -> [D, num, H]
+    return (lambda x: x.reshape(num, h, d).transpose(2, 0, 1),
+            lambda y: y.transpose(1, 2, 0).reshape(num * h, d))
+
+  o_in = (lambda x: x.T.reshape(n, h, d), lambda y: y.reshape(n * h, d).T)
+  t = (lambda x: x.T, lambda y: y.T)
+  out = [(f"{prefix}embed_tokens.weight", ("embed_VD",), (cfg.vocab_size, d),
+          ident, ident)]
+  for i in range(cfg.num_layers):
+    hf, us = f"{prefix}layers.{i}.", f"layer_{i}"
+    out += [
+        (hf + "self_attn.q_proj.weight", (us, "attn", "q_DNH"), (n * h, d),
+         *heads_in(n)),
+        (hf + "self_attn.k_proj.weight", (us, "attn", "k_DKH"), (k * h, d),
+         *heads_in(k)),
+        (hf + "self_attn.v_proj.weight", (us, "attn", "v_DKH"), (k * h, d),
+         *heads_in(k)),
+        (hf + "self_attn.o_proj.weight", (us, "attn", "o_NHD"), (d, n * h),
+         *o_in),
+        (hf + "mlp.gate_proj.weight", (us, "mlp", "gate_DF"), (f, d), *t),
+        (hf + "mlp.up_proj.weight", (us, "mlp", "up_DF"), (f, d), *t),
+        (hf + "mlp.down_proj.weight", (us, "mlp", "down_FD"), (d, f), *t),
+    ]
+    out += [(f"{hf}{hf_norm}.weight", (us, ours, "scale"), (d,), ident, ident)
+            for hf_norm, ours in _NORMS.items()]
+  out.append((f"{prefix}norm.weight", ("final_norm", "scale"), (d,), ident,
+              ident))
+  return out
+
+
+# Reading ---------------------------------------------------------------------
+
+
+def _weight_map(path: str) -> dict[str, str]:
+  """HF tensor name -> file name, from the index or the single file."""
+  index = os.path.join(path, INDEX_FILE)
+  single = os.path.join(path, SINGLE_FILE)
+  if os.path.exists(index):
+    try:
+      with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError,
+            TypeError) as e:
+      raise CheckpointError(
+          f"{index} is not a valid safetensors index (needs a JSON "
+          f"'weight_map' of tensor name -> file): {e!r}"
+      ) from e
+    for fname in sorted(set(weight_map.values())):
+      if not os.path.exists(os.path.join(path, fname)):
+        raise CheckpointError(
+            f"shard {os.path.join(path, fname)} listed in {index} is "
+            "missing; re-download or re-export the checkpoint"
+        )
+    return dict(weight_map)
+  if os.path.exists(single):
+    with _open(single) as f:
+      return {name: SINGLE_FILE for name in f.keys()}
+  raise CheckpointError(
+      f"no weights in {path!r}: expected {SINGLE_FILE} or {INDEX_FILE} "
+      "(other formats such as pytorch_model.bin are not supported; "
+      "re-save with safe_serialization=True)"
+  )
+
+
+class _open:  # pylint: disable=invalid-name
+  """`safe_open` that names the file in any error."""
+
+  def __init__(self, fname: str):
+    self.fname = fname
+
+  def __enter__(self):
+    try:
+      self._cm = safetensors.safe_open(self.fname, framework="numpy")
+      return self._cm.__enter__()
+    except FileNotFoundError:
+      raise CheckpointError(f"{self.fname} not found") from None
+    except Exception as e:  # SafetensorError is not importable portably.
+      raise CheckpointError(
+          f"{self.fname} is not a readable safetensors file (truncated or "
+          f"corrupt? re-download or re-export it): {e}"
+      ) from e
+
+  def __exit__(self, *exc):
+    return self._cm.__exit__(*exc)
+
+
+def _detect_prefix(names) -> str:
+  """'model.' for Gemma2ForCausalLM checkpoints, '' for bare Gemma2Model."""
+  if "model.embed_tokens.weight" in names:
+    return "model."
+  if "embed_tokens.weight" in names:
+    return ""
+  raise CheckpointError(
+      "no embedding tensor: expected 'model.embed_tokens.weight'; is this a "
+      "Gemma-2 checkpoint?"
+  )
+
+
+def _set(tree: dict, keys: tuple[str, ...], value) -> None:
+  for key in keys[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[keys[-1]] = value
+
+
+def _get(tree: dict, keys: tuple[str, ...]):
+  for key in keys:
+    tree = tree[key]
+  return tree
+
+
+def _iter_by_file(
+    weight_map: dict[str, str], names: list[str]
+) -> Iterator[tuple[str, Any]]:
+  """(file name, tensor names in it), so each file is opened once."""
+  files: dict[str, list[str]] = {}
+  for name in names:
+    files.setdefault(weight_map[name], []).append(name)
+  for fname in sorted(files):
+    yield fname, files[fname]
+
+
+def load_params(
+    path: str,
+    cfg: config_lib.ModelConfig,
+    dtype: str = "float32",
+    shardings: Any = None,
+    hf_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+  """Streams the weights of an HF Gemma-2 checkpoint into a params dict.
+
+  Each tensor is read alone, checked, transposed to the engine's layout,
+  cast to `dtype` and put on device before the next is read.
+
+  Args:
+    path: checkpoint directory.
+    cfg: its config (see `config_from_hf`).
+    dtype: "float32" or "bfloat16", the dtype of the returned params.
+    shardings: None (default device), one `jax.sharding.Sharding` for all
+      leaves, or a pytree of shardings matching the params dict.
+    hf_config: the parsed config.json (read from `path` when None).
+
+  Returns:
+    The nested params dict of `transformer.split`.
+
+  Raises:
+    CheckpointError: missing/corrupt files, missing or unexpected tensors,
+      shape mismatches, an untied lm_head.
+  """
+  if dtype not in _DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+  np_dtype = _DTYPES[dtype]
+  hf_config = read_hf_config(path) if hf_config is None else hf_config
+  weight_map = _weight_map(path)
+  prefix = _detect_prefix(weight_map)
+  convs = {c[0]: c for c in _conversions(cfg, prefix)}
+  missing = [name for name in convs if name not in weight_map]
+  if missing:
+    raise CheckpointError(
+        f"{path}: {len(missing)} tensor(s) missing from the checkpoint, "
+        f"e.g. {missing[:3]}; does config.json (num_hidden_layers="
+        f"{cfg.num_layers}) match the weights?"
+    )
+  lm_head = "lm_head.weight"
+  unexpected = sorted(
+      n for n in weight_map
+      if n not in convs and n != lm_head and not _IGNORED.match(n))
+  if unexpected:
+    raise CheckpointError(
+        f"{path}: {len(unexpected)} unexpected tensor(s), e.g. "
+        f"{unexpected[:3]}; is this a Gemma-2 checkpoint whose config.json "
+        "matches its weights?"
+    )
+  if lm_head in weight_map:
+    _check_tied_head(path, weight_map, prefix)
+  elif hf_config.get("tie_word_embeddings") is False:
+    raise CheckpointError(
+        f"{path}: tie_word_embeddings is false but there is no "
+        "lm_head.weight; pav_jax ties the output projection to the embedding"
+    )
+
+  params: dict[str, Any] = {}
+  for fname, names in _iter_by_file(weight_map, list(convs)):
+    full = os.path.join(path, fname)
+    with _open(full) as f:
+      available = set(f.keys())
+      for name in names:
+        if name not in available:
+          raise CheckpointError(
+              f"tensor {name!r} is not in {full} although the index maps "
+              "it there; the index and the shards disagree"
+          )
+        _, keys, shape, to_ours, _ = convs[name]
+        got = tuple(f.get_slice(name).get_shape())
+        if got != shape:
+          raise CheckpointError(
+              f"tensor {name!r} in {full} has shape {list(got)}, expected "
+              f"{list(shape)} from config.json; the config and the weights "
+              "disagree"
+          )
+        try:
+          x = f.get_tensor(name)
+        except Exception as e:
+          raise CheckpointError(
+              f"cannot read tensor {name!r} from {full}: {e}") from e
+        x = np.ascontiguousarray(to_ours(x).astype(np_dtype, copy=False))
+        if shardings is None:
+          sharding = None
+        elif isinstance(shardings, jax.sharding.Sharding):
+          sharding = shardings
+        else:
+          sharding = _get(shardings, keys)
+        _set(params, keys, jax.device_put(x, sharding))
+        del x
+  return params
+
+
+def _check_tied_head(path: str, weight_map: dict[str, str],
+                     prefix: str) -> None:
+  """An lm_head.weight is only acceptable if it equals the embedding."""
+  embed = f"{prefix}embed_tokens.weight"
+  with _open(os.path.join(path, weight_map["lm_head.weight"])) as f:
+    head = f.get_tensor("lm_head.weight")
+  with _open(os.path.join(path, weight_map[embed])) as f:
+    table = f.get_tensor(embed)
+  if head.shape != table.shape or not np.array_equal(head, table):
+    raise CheckpointError(
+        f"{path}: lm_head.weight differs from {embed} (untied output "
+        "projection); pav_jax only supports tied embeddings"
+    )
+
+
+def load_model(
+    path: str, dtype: str = "float32", shardings: Any = None
+) -> tuple[config_lib.ModelConfig, Any, dict[str, Any]]:
+  """Loads an HF Gemma-2 checkpoint directory.
+
+  Args:
+    path: directory with config.json and model.safetensors (or shards).
+    dtype: "float32" or "bfloat16": dtype of the params and of compute.
+    shardings: see `load_params`.
+
+  Returns:
+    (cfg, graphdef, params), ready for `transformer.forward`.
+  """
+  hf_config = read_hf_config(path)
+  cfg = config_from_hf(hf_config, dtype=dtype)
+  graphdef, _ = transformer.abstract_params(cfg)
+  params = load_params(path, cfg, dtype, shardings, hf_config)
+  return cfg, graphdef, params
+
+
+# Writing ---------------------------------------------------------------------
+
+
+def save_model(
+    path: str,
+    cfg: config_lib.ModelConfig,
+    params: dict[str, Any],
+    dtype: str | None = None,
+    max_shard_bytes: int | None = None,
+) -> list[str]:
+  """Exports params to the HF layout (config.json + safetensors).
+
+  Args:
+    path: output directory (created; existing checkpoint files replaced).
+    cfg: the model config.
+    params: nested params dict (as from `load_model`/`transformer.split`).
+    dtype: storage dtype, "float32" or "bfloat16" (None: that of embed_VD).
+    max_shard_bytes: None writes one model.safetensors; otherwise shards of
+      at most this many bytes (a larger single tensor gets its own shard)
+      plus model.safetensors.index.json.
+
+  Returns:
+    The names of the weight files written.
+  """
+  if dtype is None:
+    dtype = np.dtype(params["embed_VD"].dtype).name
+  if dtype not in _DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+  np_dtype = _DTYPES[dtype]
+  convs = _conversions(cfg, "model.")
+  _, expected = transformer.abstract_params(cfg)
+  for name, keys, _, _, _ in convs:
+    where = "params" + "".join(f"[{k!r}]" for k in keys)
+    try:
+      ours = tuple(_get(params, keys).shape)
+    except (KeyError, TypeError):
+      raise CheckpointError(f"{where} is missing (needed for {name})") from None
+    want = tuple(_get(expected, keys).shape)
+    if ours != want:
+      raise CheckpointError(
+          f"{where} has shape {list(ours)}, expected {list(want)} for this "
+          "config"
+      )
+  os.makedirs(path, exist_ok=True)
+  for old in os.listdir(path):
+    if old == INDEX_FILE or re.fullmatch(r"model.*\.safetensors", old):
+      os.remove(os.path.join(path, old))
+
+  # Group tensors into shards by size, then write shard by shard so that only
+  # one shard's worth of host copies exists at a time.
+  shards: list[list[_Conv]] = [[]]
+  size = 0
+  for conv in convs:
+    nbytes = int(np.prod(conv[2])) * np_dtype.itemsize
+    if (max_shard_bytes is not None and shards[-1]
+        and size + nbytes > max_shard_bytes):
+      shards.append([])
+      size = 0
+    shards[-1].append(conv)
+    size += nbytes
+  if max_shard_bytes is None:
+    fnames = [SINGLE_FILE]
+  else:
+    fnames = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+              for i in range(len(shards))]
+  weight_map, total = {}, 0
+  for fname, shard in zip(fnames, shards):
+    tensors = {}
+    for name, keys, _, _, to_hf in shard:
+      x = np.asarray(jax.device_get(_get(params, keys)))
+      tensors[name] = np.ascontiguousarray(to_hf(x.astype(np_dtype)))
+      weight_map[name] = fname
+      total += tensors[name].nbytes
+    safetensors.numpy.save_file(
+        tensors, os.path.join(path, fname), metadata={"format": "pt"})
+    del tensors
+  if max_shard_bytes is not None:
+    with open(os.path.join(path, INDEX_FILE), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
+                f, indent=2, sort_keys=True)
+  with open(os.path.join(path, CONFIG_FILE), "w") as f:
+    json.dump(config_to_hf(cfg, dtype), f, indent=2, sort_keys=True)
+  return fnames
