@@ -126,12 +126,13 @@ class Tokenizer:
       )
 
   def _step_id(self) -> int:
-    i = self._sp.piece_to_id(STEP_PIECE)
-    if i != self.unk_id:
-      return i
+    for piece in (STEP_PIECE, "<0x0A>"):  # Its own piece, else its byte.
+      i = self._sp.piece_to_id(piece)
+      if i != self.unk_id:
+        return i
     ids = self._sp.encode(STEP_PIECE, out_type=int)
     if len(ids) == 1 and ids[0] != self.unk_id:
-      return ids[0]  # E.g. the byte piece <0x0A>.
+      return ids[0]
     raise ValueError(
         f"the SentencePiece model encodes '\\n' as {ids}, not one token: the"
         " step delimiter needs its own piece (retrain with '\\n' as a"
