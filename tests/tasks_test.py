@@ -310,7 +310,8 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, line, message):
   path = tmp_path / "train.jsonl"
   path.write_text("\n".join([good, "", good, line, good]) + "\n")
   task = tasks.get_task("gsm8k", data_dir=tmp_path)
-  with pytest.raises(ValueError, match=re.escape(f"{path}:4: ") + ".*" + message):
+  pattern = re.escape(f"{path}:4: ") + ".*" + message
+  with pytest.raises(ValueError, match=pattern):
     task.examples("train")
 
 

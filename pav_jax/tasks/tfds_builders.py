@@ -266,6 +266,11 @@ def load_examples(
   download_config = None
   if task_name in _FILE_SUBDIRS:
     directory = base.resolve_data_dir(manual_dir, _FILE_SUBDIRS[task_name])
+    if not any(_has_split(directory, s) for s in base.SPLITS):
+      raise FileNotFoundError(
+          f"no <split>.jsonl files in {directory}.\n"
+          + builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+      )
     download_config = tfds.download.DownloadConfig(manual_dir=str(directory))
   builder.download_and_prepare(download_config=download_config)
   if split not in builder.info.splits:
