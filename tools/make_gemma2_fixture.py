@@ -38,7 +38,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and tokens.")
 _VOCAB = 256
 _NUM_SEQS = 4
 _SEQ_LEN = 24
-_PAD_LENGTHS = (24, 17, 9)
+_PAD_LENGTHS = (24, 17, 9, 5)
 _PAD_ID = 0
 
 
