@@ -31,9 +31,13 @@ Public API:
   save_model(path, cfg, params, dtype, max_shard_bytes)
   config_from_hf(hf_config, dtype) / config_to_hf(cfg, dtype)
   read_hf_config(path)
+  save_orbax(path, cfg, params) / load_orbax(path, dtype, shardings): the
+    engine-side copy (orbax StandardCheckpointer params + ModelConfig JSON)
+    that tools/convert_hf_gemma.py writes and reads.
 Every failure raises `CheckpointError` naming the file or tensor at fault.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -42,6 +46,7 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 import safetensors
 import safetensors.numpy
 
@@ -593,3 +598,77 @@ def save_model(
   with open(os.path.join(path, CONFIG_FILE), "w") as f:
     json.dump(config_to_hf(cfg, dtype), f, indent=2, sort_keys=True)
   return fnames
+
+
+# Orbax (engine-side) copy -----------------------------------------------------
+
+ORBAX_PARAMS = "params"
+ORBAX_CONFIG = "model_config.json"
+
+
+def save_orbax(
+    path: str, cfg: config_lib.ModelConfig, params: dict[str, Any]
+) -> None:
+  """Saves params (orbax StandardCheckpointer) and cfg (JSON) under `path`.
+
+  Writes `path/params/` and `path/model_config.json`; an existing params
+  checkpoint there is replaced.
+  """
+  path = os.path.abspath(path)
+  os.makedirs(path, exist_ok=True)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(path, ORBAX_PARAMS), params, force=True)
+  ckptr.wait_until_finished()
+  ckptr.close()
+  with open(os.path.join(path, ORBAX_CONFIG), "w") as f:
+    json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
+
+
+def load_orbax(
+    path: str, dtype: str | None = None, shardings: Any = None
+) -> tuple[config_lib.ModelConfig, Any, dict[str, Any]]:
+  """Restores what `save_orbax` wrote: (cfg, graphdef, params).
+
+  Args:
+    path: directory holding params/ and model_config.json.
+    dtype: restore params as this dtype (None: as saved); cfg.dtype follows.
+    shardings: None (first device), one Sharding, or a matching pytree.
+  """
+  path = os.path.abspath(path)
+  fname = os.path.join(path, ORBAX_CONFIG)
+  try:
+    with open(fname) as f:
+      cfg = config_lib.ModelConfig.from_dict(json.load(f))
+  except FileNotFoundError:
+    raise CheckpointError(
+        f"{fname} not found; is {path!r} a save_orbax directory?") from None
+  except (json.JSONDecodeError, ValueError, TypeError) as e:
+    raise CheckpointError(f"{fname} is not a valid ModelConfig: {e}") from e
+  ckpt = os.path.join(path, ORBAX_PARAMS)
+  if not os.path.isdir(ckpt):
+    raise CheckpointError(f"{ckpt} not found; is {path!r} a save_orbax "
+                          "directory?")
+  ckptr = ocp.StandardCheckpointer()
+  if dtype is None:
+    meta = ckptr.metadata(ckpt)
+    meta = getattr(meta, "item_metadata", meta)
+    dtype = np.dtype(_get(meta, ("embed_VD",)).dtype).name
+  if dtype not in _DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+  cfg = cfg.replace(dtype=dtype)
+  graphdef, abstract = transformer.abstract_params(cfg)
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+  def target(keys, x):
+    if shardings is None:
+      sharding = default
+    elif isinstance(shardings, jax.sharding.Sharding):
+      sharding = shardings
+    else:
+      sharding = _get(shardings, tuple(k.key for k in keys))
+    return jax.ShapeDtypeStruct(x.shape, _DTYPES[dtype], sharding=sharding)
+
+  abstract = jax.tree_util.tree_map_with_path(target, abstract)
+  params = ckptr.restore(ckpt, abstract)
+  ckptr.close()
+  return cfg, graphdef, params

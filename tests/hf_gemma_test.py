@@ -198,6 +198,19 @@ def test_bf16_export_roundtrip(tmp_path):
   _assert_bit_exact(again, params16)
 
 
+def test_orbax_copy_roundtrip(tmp_path):
+  """The engine-side copy written by tools/convert_hf_gemma.py."""
+  cfg, _, params = _model()
+  hf_gemma.save_orbax(str(tmp_path / "orbax"), cfg, params)
+  cfg2, _, params2 = hf_gemma.load_orbax(str(tmp_path / "orbax"))
+  assert cfg2 == cfg
+  _assert_bit_exact(params2, params)
+  cfg16, _, params16 = hf_gemma.load_orbax(str(tmp_path / "orbax"),
+                                           "bfloat16")
+  assert cfg16.dtype == "bfloat16"
+  _assert_bit_exact(params16, _model("bfloat16")[2])
+
+
 def test_load_onto_sharding():
   devices = jax.devices()
   sharding = jax.sharding.SingleDeviceSharding(devices[-1])
