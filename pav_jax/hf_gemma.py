@@ -41,7 +41,8 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import ml_dtypes
@@ -62,11 +63,24 @@ _DTYPES = {"float32": np.dtype(np.float32),
 # HF tensors that carry no information for us (old checkpoints saved RoPE
 # buffers).
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+_ROWS_PER_CHUNK = 8192
 _NORMS = {
     "input_layernorm": "pre_attn_norm",
     "post_attention_layernorm": "post_attn_norm",
     "pre_feedforward_layernorm": "pre_ffw_norm",
     "post_feedforward_layernorm": "post_ffw_norm",
+}
+
+
+# transformers' Gemma2Config defaults for the optional keys we read.
+_HF_DEFAULTS = {
+    "query_pre_attn_scalar": 256,
+    "attn_logit_softcapping": 50.0,
+    "final_logit_softcapping": 30.0,
+    "sliding_window": 4096,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
 }
 
 
@@ -151,25 +165,28 @@ def config_from_hf(
     if hf.get(key):
       raise CheckpointError(f"{key}={hf[key]!r} is not supported")
   required = ("vocab_size", "hidden_size", "num_hidden_layers",
-              "intermediate_size", "num_attention_heads")
+              "intermediate_size", "num_attention_heads",
+              "num_key_value_heads", "head_dim")
   missing = [k for k in required if k not in hf]
   if missing:
     raise CheckpointError(f"config.json lacks required key(s) {missing}")
+  # Optional keys take transformers' Gemma2Config defaults, so an absent key
+  # means what it means to HF (an explicit null switches a feature off).
+  hf = {**_HF_DEFAULTS, **hf}
   num_layers = int(hf["num_hidden_layers"])
   num_heads = int(hf["num_attention_heads"])
-  head_dim = int(hf.get("head_dim") or hf["hidden_size"] // num_heads)
-  window = hf.get("sliding_window")
+  window = hf["sliding_window"]
   layer_types = hf.get("layer_types")
-  if layer_types is not None:
+  if window is not None and layer_types is not None:
     # pav_jax hard-wires Gemma 2's pattern: even layers local, odd global.
-    want = ["sliding_attention" if (window and i % 2 == 0) else
-            "full_attention" for i in range(num_layers)]
+    want = ["sliding_attention" if i % 2 == 0 else "full_attention"
+            for i in range(num_layers)]
     if list(layer_types) != want:
       raise CheckpointError(
           f"layer_types={layer_types} is not Gemma 2's alternation "
           f"(expected {want}); pav_jax cannot represent other patterns"
       )
-  scalar = hf.get("query_pre_attn_scalar")
+  scalar = hf["query_pre_attn_scalar"]
   try:
     return config_lib.ModelConfig(
         vocab_size=int(hf["vocab_size"]),
@@ -177,16 +194,16 @@ def config_from_hf(
         embed_dim=int(hf["hidden_size"]),
         hidden_dim=int(hf["intermediate_size"]),
         num_heads=num_heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
-        head_dim=head_dim,
+        num_kv_heads=int(hf["num_key_value_heads"]),
+        head_dim=int(hf["head_dim"]),
         query_pre_attn_scalar=None if scalar is None else float(scalar),
         attn_logits_soft_cap=_opt_float(hf.get("attn_logit_softcapping")),
         final_logit_soft_cap=_opt_float(hf.get("final_logit_softcapping")),
         sliding_window=None if window is None else int(window),
         rope_base=_rope_theta(hf),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        norm_eps=float(hf["rms_norm_eps"]),
         dtype=dtype,
-        max_seq_len=int(hf.get("max_position_embeddings", 8192)),
+        max_seq_len=int(hf["max_position_embeddings"]),
     )
   except ValueError as e:
     if isinstance(e, CheckpointError):
@@ -484,11 +501,17 @@ def _check_tied_head(path: str, weight_map: dict[str, str],
                      prefix: str) -> None:
   """An lm_head.weight is only acceptable if it equals the embedding."""
   embed = f"{prefix}embed_tokens.weight"
-  with _open(os.path.join(path, weight_map["lm_head.weight"])) as f:
-    head = f.get_tensor("lm_head.weight")
-  with _open(os.path.join(path, weight_map[embed])) as f:
-    table = f.get_tensor(embed)
-  if head.shape != table.shape or not np.array_equal(head, table):
+  with _open(os.path.join(path, weight_map["lm_head.weight"])) as fh, \
+      _open(os.path.join(path, weight_map[embed])) as fe:
+    head, table = fh.get_slice("lm_head.weight"), fe.get_slice(embed)
+    same = head.get_shape() == table.get_shape()
+    rows = head.get_shape()[0] if same else 0
+    for start in range(0, rows, _ROWS_PER_CHUNK):  # Bounded host memory.
+      stop = min(start + _ROWS_PER_CHUNK, rows)
+      if not np.array_equal(head[start:stop], table[start:stop]):
+        same = False
+        break
+  if not same:
     raise CheckpointError(
         f"{path}: lm_head.weight differs from {embed} (untied output "
         "projection); pav_jax only supports tied embeddings"

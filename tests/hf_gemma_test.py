@@ -236,6 +236,15 @@ def _edit_config(path: str, **changes) -> None:
     json.dump(cfg, f)
 
 
+def _drop_config_key(path: str, key: str) -> None:
+  fname = os.path.join(path, "config.json")
+  with open(fname) as f:
+    cfg = json.load(f)
+  del cfg[key]
+  with open(fname, "w") as f:
+    json.dump(cfg, f)
+
+
 def _edit_tensors(path: str, fn) -> None:
   fname = os.path.join(path, "model.safetensors")
   tensors = safetensors.numpy.load_file(fname)
@@ -323,6 +332,8 @@ _ERROR_CASES = {
                                             "full_attention",
                                             "sliding_attention"]),
         r"unexpected.*layers\.3"),
+    "missing_config_key": (lambda p: _drop_config_key(p, "head_dim"),
+                           r"lacks required key\(s\) \['head_dim'\]"),
     "missing_config": (_missing("config.json"), r"config\.json not found"),
     "bad_config": (_bad_json, r"config\.json is not valid JSON"),
     "missing_weights": (_missing("model.safetensors"),
@@ -341,6 +352,30 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path, case):
   corrupt(path)
   with pytest.raises(hf_gemma.CheckpointError, match=pattern):
     hf_gemma.load_model(path)
+
+
+def test_tied_head_copy_is_accepted(tmp_path):
+  """Some exports store lm_head.weight even though it equals the embedding."""
+  path = _copy_fixture(tmp_path)
+
+  def fn(t):
+    t["lm_head.weight"] = t["model.embed_tokens.weight"].copy()
+  _edit_tensors(path, fn)
+  _edit_config(path, tie_word_embeddings=False)
+  _, _, params = hf_gemma.load_model(path)
+  _assert_bit_exact(params, _model()[2])
+
+
+def test_absent_optional_keys_take_hf_defaults():
+  hf = hf_gemma.read_hf_config(FIXTURE)
+  for key in ("query_pre_attn_scalar", "attn_logit_softcapping",
+              "sliding_window", "layer_types"):
+    del hf[key]
+  cfg = hf_gemma.config_from_hf(hf)
+  assert cfg.query_pre_attn_scalar == 256
+  assert cfg.attn_logits_soft_cap == 50.0 and cfg.sliding_window == 4096
+  hf["final_logit_softcapping"] = None  # Explicit null: off.
+  assert hf_gemma.config_from_hf(hf).final_logit_soft_cap is None
 
 
 def test_not_a_directory(tmp_path):

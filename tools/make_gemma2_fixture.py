@@ -44,32 +44,40 @@ _PAD_ID = 0
 
 def _hf_config() -> transformers.Gemma2Config:
   """The tiny config; rope given the way the installed version expects."""
-  kwargs = dict(
-      vocab_size=_VOCAB,
-      hidden_size=48,
-      intermediate_size=96,
-      num_hidden_layers=4,
-      num_attention_heads=4,
-      num_key_value_heads=2,
-      head_dim=16,
-      query_pre_attn_scalar=24,
-      hidden_activation="gelu_pytorch_tanh",
-      attn_logit_softcapping=5.0,
-      final_logit_softcapping=8.0,
-      sliding_window=8,
-      max_position_embeddings=64,
-      rms_norm_eps=1e-6,
-      tie_word_embeddings=True,
-      pad_token_id=_PAD_ID,
-      bos_token_id=2,
-      eos_token_id=1,
-  )
+  kwargs = {
+      "vocab_size": _VOCAB,
+      "hidden_size": 48,
+      "intermediate_size": 96,
+      "num_hidden_layers": 4,
+      "num_attention_heads": 4,
+      "num_key_value_heads": 2,
+      "head_dim": 16,
+      "query_pre_attn_scalar": 24,
+      "hidden_activation": "gelu_pytorch_tanh",
+      "attn_logit_softcapping": 5.0,
+      "final_logit_softcapping": 8.0,
+      "sliding_window": 8,
+      "max_position_embeddings": 64,
+      "rms_norm_eps": 1e-6,
+      "tie_word_embeddings": True,
+      "pad_token_id": _PAD_ID,
+      "bos_token_id": 2,
+      "eos_token_id": 1,
+  }
   major = int(transformers.__version__.split(".")[0])
   if major >= 5:
     kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": 10_000.0}
   else:
     kwargs["rope_theta"] = 10_000.0
   return transformers.Gemma2Config(**kwargs)
+
+
+def _eager_model(cfg: transformers.Gemma2Config) -> torch.nn.Module:
+  """A Gemma2ForCausalLM on the eager attention path (the reference)."""
+  model = transformers.Gemma2ForCausalLM(cfg).eval()
+  # pylint: disable-next=protected-access
+  model.config._attn_implementation = "eager"
+  return model
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:
@@ -102,8 +110,7 @@ def main(argv):
   del argv
   torch.manual_seed(_SEED.value)
   cfg = _hf_config()
-  model = transformers.Gemma2ForCausalLM(cfg).eval()
-  model.config._attn_implementation = "eager"  # pylint: disable=protected-access
+  model = _eager_model(cfg)
   _randomize(model, _SEED.value)
 
   rng = np.random.default_rng(_SEED.value)
@@ -119,9 +126,8 @@ def main(argv):
 
   # Sanity: the window and the caps must actually change the numbers, or the
   # fixture would not test them.
-  nowin = transformers.Gemma2ForCausalLM(cfg.__class__(**{
-      **cfg.to_dict(), "sliding_window": 4 * _SEQ_LEN})).eval()
-  nowin.config._attn_implementation = "eager"  # pylint: disable=protected-access
+  nowin = _eager_model(
+      cfg.__class__(**{**cfg.to_dict(), "sliding_window": 4 * _SEQ_LEN}))
   nowin.load_state_dict(model.state_dict())
   window_effect = np.abs(_logits(nowin, tokens, None) - logits).max()
   cap = cfg.final_logit_softcapping
