@@ -37,6 +37,7 @@ Public API:
 Every failure raises `CheckpointError` naming the file or tensor at fault.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -345,26 +346,20 @@ def _weight_map(path: str) -> dict[str, str]:
   )
 
 
-class _open:  # pylint: disable=invalid-name
-  """`safe_open` that names the file in any error."""
-
-  def __init__(self, fname: str):
-    self.fname = fname
-
-  def __enter__(self):
-    try:
-      self._cm = safetensors.safe_open(self.fname, framework="numpy")
-      return self._cm.__enter__()
-    except FileNotFoundError:
-      raise CheckpointError(f"{self.fname} not found") from None
-    except Exception as e:  # SafetensorError is not importable portably.
-      raise CheckpointError(
-          f"{self.fname} is not a readable safetensors file (truncated or "
-          f"corrupt? re-download or re-export it): {e}"
-      ) from e
-
-  def __exit__(self, *exc):
-    return self._cm.__exit__(*exc)
+@contextlib.contextmanager
+def _open(fname: str) -> Iterator[Any]:
+  """`safetensors.safe_open` (numpy) that names the file in any error."""
+  try:
+    handle = safetensors.safe_open(fname, framework="numpy")
+  except FileNotFoundError:
+    raise CheckpointError(f"{fname} not found") from None
+  except Exception as e:  # SafetensorError is not importable portably.
+    raise CheckpointError(
+        f"{fname} is not a readable safetensors file (truncated or corrupt? "
+        f"re-download or re-export it): {e}"
+    ) from e
+  with handle as f:
+    yield f
 
 
 def _detect_prefix(names) -> str:
@@ -393,7 +388,7 @@ def _get(tree: dict, keys: tuple[str, ...]):
 
 def _iter_by_file(
     weight_map: dict[str, str], names: list[str]
-) -> Iterator[tuple[str, Any]]:
+) -> Iterator[tuple[str, list[str]]]:
   """(file name, tensor names in it), so each file is opened once."""
   files: dict[str, list[str]] = {}
   for name in names:
