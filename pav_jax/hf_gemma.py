@@ -280,7 +280,9 @@ def _conversions(cfg: config_lib.ModelConfig, prefix: str) -> list[_Conv]:
   """Every tensor of the checkpoint, in file order of a typical export."""
   d, f, n, k, h = (cfg.embed_dim, cfg.hidden_dim, cfg.num_heads,
                    cfg.num_kv_heads, cfg.head_dim)
-  ident = lambda x: x
+
+  def ident(x):
+    return x
 
   def heads_in(num):  # [num*H, D] -> [D, num, H]
     return (lambda x: x.reshape(num, h, d).transpose(2, 0, 1),
