@@ -601,7 +601,7 @@ def save_model(
     fnames = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
               for i in range(len(shards))]
   weight_map, total = {}, 0
-  for fname, shard in zip(fnames, shards):
+  for fname, shard in zip(fnames, shards, strict=True):
     tensors = {}
     for name, keys, _, _, to_hf in shard:
       x = np.asarray(jax.device_get(_get(params, keys)))
