@@ -41,15 +41,16 @@ class RMSNorm(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    y = x32 * jax.lax.rsqrt(var + self.eps) * (1.0 + self.scale[...])
+    scale = (1.0 + self.scale[...]).reshape((1,) * (x.ndim - 1) + (-1,))
+    y = x32 * jax.lax.rsqrt(var + self.eps) * scale
     return y.astype(x.dtype)
 
 
 def apply_rope(x_BTNH: jax.Array, pos_BT: jax.Array, base: float) -> jax.Array:
   """Rotary embedding, half-split convention (as Gemma / HF Gemma2)."""
   h = x_BTNH.shape[-1]
-  freq_H2 = base ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
-  angle_BTH2 = pos_BT.astype(jnp.float32)[..., None] * freq_H2
+  freq_H2 = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))  # as HF
+  angle_BTH2 = pos_BT.astype(jnp.float32)[..., None] * freq_H2[None, None]
   sin = jnp.sin(angle_BTH2)[:, :, None, :]
   cos = jnp.cos(angle_BTH2)[:, :, None, :]
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)

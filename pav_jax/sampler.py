@@ -1,0 +1,292 @@
+"""Static-shape KV-cache sampler that stops at step ends, resumes and forks.
+
+One `Sampler` serves the policy and the prover. The flow is
+
+  state = sampler.prefill(params, prompts, rng)        # jitted, per bucket
+  out = sampler.decode(params, state, max_new_tokens=64, stop_at_step=True)
+  out2 = sampler.decode(params, out.state, ...)         # resume: no prefill
+  forked = sampler.fork(out.state, n=8)                 # n rows per row
+
+The state holds the token that was sampled last but not yet fed to the model
+(`last_B`), so resuming a row feeds exactly that token first; prefill feeds a
+prompt minus its last token for the same reason. Per-row randomness is
+`fold_in(key_B[b], position)`, so a row's samples depend only on its key and
+its own positions: resumed == uninterrupted, forked == independent rows.
+"""
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pav_jax import config as config_lib
+from pav_jax import transformer
+
+# stop_B codes.
+RUNNING, MAX_TOKENS, EOS, STEP_END, CACHE_FULL = 0, 1, 2, 3, 4
+STOP_NAMES = ("running", "max_tokens", "eos", "step_end", "cache_full")
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Static (hashable) sampling parameters; temperature 0 means greedy."""
+
+  temperature: float = 1.0
+  top_k: int | None = None
+  top_p: float | None = None
+
+
+@flax.struct.dataclass
+class SamplerState:
+  cache: dict
+  last_B: jax.Array  # int32, sampled (or last prompt) token not yet fed
+  pos_B: jax.Array  # int32, position of last_B
+  finished_B: jax.Array  # bool, emitted EOS: never decodes again
+  key_B: jax.Array  # per-row PRNG keys
+
+
+@flax.struct.dataclass
+class DecodeOutput:
+  tokens_BN: jax.Array  # int32, pad after a row stops
+  logprobs_BN: jax.Array  # float32 log pi(token) at temperature 1, 0 on pad
+  step_end_BN: jax.Array  # bool, token is the step delimiter
+  length_B: jax.Array  # int32, tokens emitted by this call
+  stop_B: jax.Array  # int32 stop code
+  state: SamplerState
+
+
+def sample_logits(
+    logits_BV: jax.Array, key_B: jax.Array, cfg: SamplingConfig
+) -> jax.Array:
+  """Samples one token per row with temperature, top-k and top-p."""
+  if cfg.temperature == 0.0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV / cfg.temperature
+  if cfg.top_k is not None:
+    kth_B1 = jax.lax.top_k(logits_BV, cfg.top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  if cfg.top_p is not None:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (at least one token).
+    n_keep_B1 = jnp.sum(cum_BV - jax.nn.softmax(sorted_BV, axis=-1) < cfg.top_p,
+                        axis=-1, keepdims=True)
+    cutoff_B1 = jnp.take_along_axis(sorted_BV, n_keep_B1 - 1, axis=-1)
+    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+  return jax.vmap(jax.random.categorical)(key_B, logits_BV).astype(jnp.int32)
+
+
+def _prefill(graphdef, cfg, params, tokens_BT, length_B, key_B, cache_size):
+  """Feeds tokens[:, :length-1]; the last prompt token is fed by decode."""
+  b, t = tokens_BT.shape
+  cache = transformer.init_cache(cfg, b, cache_size)
+  col_BT = jnp.arange(t, dtype=jnp.int32)[None, :]
+  valid_BT = col_BT < (length_B - 1)[:, None]
+  pos_BT = jnp.broadcast_to(col_BT, (b, t))
+  _, cache = transformer.forward(graphdef, params, tokens_BT, pos_BT, valid_BT, cache)
+  last_B = jnp.take_along_axis(tokens_BT, (length_B - 1)[:, None], axis=1)[:, 0]
+  return SamplerState(
+      cache=cache,
+      last_B=last_B.astype(jnp.int32),
+      pos_B=(length_B - 1).astype(jnp.int32),
+      finished_B=jnp.zeros((b,), bool),
+      key_B=key_B,
+  )
+
+
+def _decode(
+    graphdef, params, state: SamplerState, *, max_new_tokens: int,
+    stop_at_step: bool, eos_id: int, step_id: int, pad_id: int,
+    sampling: SamplingConfig,
+):
+  """lax.while_loop decode of up to max_new_tokens tokens per row."""
+  b = state.last_B.shape[0]
+  cache_size = state.cache["pos"].shape[1]
+  n = max_new_tokens
+
+  def cond(carry):
+    i, st, done_B, *_ = carry
+    return (i < n) & ~jnp.all(done_B) & (st.cache["index"] < cache_size)
+
+  def body(carry):
+    i, st, done_B, stop_B, tokens_BN, logprobs_BN, length_B = carry
+    active_B = ~done_B
+    logits_B1V, cache = transformer.forward(
+        graphdef, params, st.last_B[:, None], st.pos_B[:, None],
+        active_B[:, None], st.cache)
+    logits_BV = logits_B1V[:, 0]
+    key_B = jax.vmap(jax.random.fold_in)(st.key_B, st.pos_B + 1)
+    tok_B = sample_logits(logits_BV, key_B, sampling)
+    logp_B = jnp.take_along_axis(
+        jax.nn.log_softmax(logits_BV, axis=-1), tok_B[:, None], axis=-1)[:, 0]
+    tok_B = jnp.where(active_B, tok_B, pad_id)
+    tokens_BN = tokens_BN.at[:, i].set(tok_B)
+    logprobs_BN = logprobs_BN.at[:, i].set(jnp.where(active_B, logp_B, 0.0))
+    is_eos_B = active_B & (tok_B == eos_id)
+    is_step_B = active_B & (tok_B == step_id) & stop_at_step
+    full_B = active_B & (i + 1 >= n)
+    new_stop_B = jnp.select(
+        [is_eos_B, is_step_B, full_B], [EOS, STEP_END, MAX_TOKENS], RUNNING)
+    stop_B = jnp.where(active_B, new_stop_B, stop_B)
+    st = SamplerState(
+        cache=cache,
+        last_B=jnp.where(active_B, tok_B, st.last_B),
+        pos_B=st.pos_B + active_B.astype(jnp.int32),
+        finished_B=st.finished_B | is_eos_B,
+        key_B=st.key_B,
+    )
+    done_B = done_B | (stop_B != RUNNING)
+    length_B = length_B + active_B.astype(jnp.int32)
+    return i + 1, st, done_B, stop_B, tokens_BN, logprobs_BN, length_B
+
+  done_B = state.finished_B
+  stop_B = jnp.where(done_B, EOS, RUNNING).astype(jnp.int32)
+  init = (
+      jnp.zeros((), jnp.int32), state, done_B, stop_B,
+      jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
+      jnp.zeros((b,), jnp.int32),
+  )
+  _, state, done_B, stop_B, tokens_BN, logprobs_BN, length_B = (
+      jax.lax.while_loop(cond, body, init))
+  stop_B = jnp.where(done_B, stop_B, CACHE_FULL)
+  return DecodeOutput(
+      tokens_BN=tokens_BN,
+      logprobs_BN=logprobs_BN,
+      step_end_BN=(tokens_BN == step_id) & (jnp.arange(n)[None, :] < length_B[:, None]),
+      length_B=length_B,
+      stop_B=stop_B,
+      state=state,
+  )
+
+
+def fork(state: SamplerState, n: int, key_B: jax.Array | None = None) -> SamplerState:
+  """Replicates every row n times without recomputing its prefix.
+
+  Row b becomes rows b*n .. b*n+n-1. Their keys are `key_B` when given
+  (shape [B*n]), else fold_in(key of row b, j) for j < n.
+  """
+  b = state.last_B.shape[0]
+  rep = functools.partial(jnp.repeat, repeats=n, axis=0)
+  if key_B is None:
+    key_B = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
+        jnp.arange(n)))(state.key_B).reshape((b * n,) + state.key_B.shape[1:])
+  return SamplerState(
+      cache=transformer.fork_cache(state.cache, n),
+      last_B=rep(state.last_B),
+      pos_B=rep(state.pos_B),
+      finished_B=rep(state.finished_B),
+      key_B=key_B,
+  )
+
+
+def select_rows(state: SamplerState, rows_R: jax.Array) -> SamplerState:
+  """Gathers rows (e.g. the surviving beams) of a state; shapes follow rows_R."""
+  take = lambda x: jnp.take(x, rows_R, axis=0)
+  cache = {
+      "pos": take(state.cache["pos"]),
+      "index": state.cache["index"],
+      "layers": jax.tree.map(take, state.cache["layers"]),
+  }
+  return SamplerState(cache=cache, last_B=take(state.last_B),
+                      pos_B=take(state.pos_B), finished_B=take(state.finished_B),
+                      key_B=take(state.key_B))
+
+
+class Sampler:
+  """Host-side driver of the jitted prefill / decode functions.
+
+  Compiles prefill once per (batch, bucket) and decode once per (batch,
+  max_new_tokens, stop_at_step). `trace_counts` counts traces, for tests.
+  """
+
+  def __init__(
+      self,
+      graphdef,
+      model_cfg: config_lib.ModelConfig,
+      *,
+      cache_size: int,
+      eos_id: int,
+      step_id: int,
+      pad_id: int = 0,
+      sampling: SamplingConfig = SamplingConfig(),
+      buckets: Sequence[int] = DEFAULT_BUCKETS,
+  ):
+    self.graphdef = graphdef
+    self.model_cfg = model_cfg
+    self.cache_size = cache_size
+    self.eos_id, self.step_id, self.pad_id = eos_id, step_id, pad_id
+    self.sampling = sampling
+    self.buckets = tuple(sorted(buckets))
+    self.trace_counts = {"prefill": 0, "decode": 0}
+
+    def counted(name, fn):
+      def wrapped(*a, **kw):
+        self.trace_counts[name] += 1
+        return fn(*a, **kw)
+      return wrapped
+
+    self._prefill = jax.jit(
+        counted("prefill", functools.partial(_prefill, graphdef, model_cfg)),
+        static_argnames=("cache_size",))
+    self._decode = jax.jit(
+        counted("decode", functools.partial(
+            _decode, graphdef, eos_id=eos_id, step_id=step_id, pad_id=pad_id,
+            sampling=sampling)),
+        static_argnames=("max_new_tokens", "stop_at_step"),
+        donate_argnums=(1,))
+
+  def bucket(self, length: int) -> int:
+    for b in self.buckets:
+      if b >= length:
+        return b
+    raise ValueError(
+        f"prompt of {length} tokens is longer than the largest bucket "
+        f"{self.buckets[-1]}: add a bucket or shorten the prompt")
+
+  def pad_prompts(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads token lists to one bucket length; returns (tokens, lengths)."""
+    if not prompts:
+      raise ValueError("no prompts given")
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    if lengths.min() < 1:
+      raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    t = self.bucket(int(lengths.max()))
+    if t + 1 > self.cache_size:
+      raise ValueError(
+          f"prompt of {lengths.max()} tokens (bucket {t}) does not fit the "
+          f"KV cache of {self.cache_size} slots: raise cache_size above "
+          f"{t} plus the tokens to generate, or shorten the prompt")
+    tokens = np.full((len(prompts), t), self.pad_id, np.int32)
+    for i, p in enumerate(prompts):
+      tokens[i, : len(p)] = p
+    return tokens, lengths
+
+  def prefill(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array,
+              key_B: jax.Array | None = None) -> SamplerState:
+    tokens, lengths = self.pad_prompts(prompts)
+    if key_B is None:
+      key_B = jax.random.split(rng, len(prompts))
+    return self._prefill(params, jnp.asarray(tokens), jnp.asarray(lengths),
+                         key_B, cache_size=self.cache_size)
+
+  def decode(self, params, state: SamplerState, max_new_tokens: int,
+             stop_at_step: bool = False) -> DecodeOutput:
+    """Decodes; the input state's buffers are donated (use out.state)."""
+    return self._decode(params, state, max_new_tokens=max_new_tokens,
+                        stop_at_step=stop_at_step)
+
+  def generate(self, params, prompts, rng, max_new_tokens: int,
+               stop_at_step: bool = False) -> DecodeOutput:
+    state = self.prefill(params, prompts, rng)
+    return self.decode(params, state, max_new_tokens, stop_at_step)
+
+
+def prefilled_tokens(prompts: Sequence[Sequence[int]]) -> int:
+  """Prompt tokens whose keys/values a prefill computes (compute accounting)."""
+  return int(sum(len(p) for p in prompts))
