@@ -305,8 +305,9 @@ def _plot(cfg, workdir, specs, gammas, acc_TPE, pass_at, theo, mc, results):
   for name, label, c in (("Q only", "Only Q (alpha=0)", "C0"),
                          (ev_name, f"Effective reward ({ev_name})", "C3")):
     p = names.index(name)
-    ax.plot(t, sm[:, p].mean(-1), color=c, label=label)
-    ax.fill_between(t, sm[:, p].min(-1), sm[:, p].max(-1), color=c, alpha=0.2)
+    # Runs are bimodal (solve or stay at 0), so show every seed.
+    ax.plot(t, sm[:, p].mean(-1), color=c, lw=2.5, label=label + " (mean)")
+    ax.plot(t, sm[:, p], color=c, lw=0.8, alpha=0.6)
   if mc is not None and len(mc["accuracy"]) >= 20:
     tm = np.arange(1, len(mc["accuracy"]) + 1)
     sm_mc = _smooth(mc["accuracy"], 20)
@@ -326,6 +327,10 @@ def _plot(cfg, workdir, specs, gammas, acc_TPE, pass_at, theo, mc, results):
   g = np.asarray(gammas)
   axs[0].errorbar(g, avg[1:].mean(-1), yerr=avg[1:].std(-1), fmt="o-",
                   color="C3", capsize=3, label="Effective reward (alpha=1)")
+  for e in range(avg.shape[1]):
+    axs[0].scatter(g + 0.15 * (e - 1), avg[1:, e], s=8, color="k",
+                   alpha=0.5, label="single seeds" if e == 0 else None)
+  axs[0].set_xscale("log")
   q = avg[0]
   axs[0].axhline(q.mean(), color="C0", label="Only Q (no prover)")
   axs[0].axhspan(q.min(), q.max(), color="C0", alpha=0.15)
@@ -342,6 +347,7 @@ def _plot(cfg, workdir, specs, gammas, acc_TPE, pass_at, theo, mc, results):
     ax.errorbar(g, v.mean(0), yerr=(theo["align_se"].mean(0) if key == "align"
                                     else v.std(0)), fmt="o-", capsize=3)
     ax.axhline(0, color="k", lw=0.5)
+    ax.set_xscale("log")
     ax.set(xlabel="prover gamma", title=title)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "fig_b_gamma.png"), dpi=120)
