@@ -1,0 +1,40 @@
+"""Losses as plain jnp functions over arrays with explicit masks (float32)."""
+
+import jax
+import jax.numpy as jnp
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+  """log p(target) per position, in float32."""
+  logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
+
+
+def next_token_xent(
+    logits_BTV: jax.Array, tokens_BT: jax.Array, loss_mask_BT: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """Mean next-token cross-entropy over masked target positions.
+
+  logits[:, t] predicts tokens[:, t + 1]; `loss_mask_BT[:, t + 1]` says
+  whether token t + 1 is trained on (e.g. solution tokens only).
+  Returns (loss, number of target tokens).
+  """
+  logp_BT = token_logprobs(logits_BTV[:, :-1], tokens_BT[:, 1:])
+  mask_BT = loss_mask_BT[:, 1:]
+  return -masked_mean(logp_BT, mask_BT), jnp.sum(mask_BT.astype(jnp.float32))
+
+
+def sigmoid_bce(logits: jax.Array, targets: jax.Array, mask: jax.Array,
+                weights: jax.Array | None = None) -> jax.Array:
+  """Binary cross-entropy with soft targets in [0, 1] on sigmoid logits."""
+  logits = logits.astype(jnp.float32)
+  losses = (jnp.maximum(logits, 0) - logits * targets
+            + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+  if weights is not None:
+    mask = mask.astype(jnp.float32) * weights
+  return masked_mean(losses, mask)

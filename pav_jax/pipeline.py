@@ -1,0 +1,42 @@
+"""The pipeline's stages, run in order; a finished stage is skipped on rerun.
+
+A stage writes `<workdir>/<stage>/DONE.json` (its summary) when it ends, so
+rerunning `make demo` resumes at the first unfinished stage, and a stage cut
+short resumes from its own checkpoints.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+from pav_jax import report
+from pav_jax import train_policy
+
+log = logging.getLogger(__name__)
+
+STAGES = {
+    "sft": train_policy.run_sft,
+}
+
+
+def run(config, workdir: Path, mesh) -> dict:
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  names = [s.strip() for s in config.stages.split(",") if s.strip()]
+  unknown = [s for s in names if s not in STAGES]
+  if unknown:
+    raise ValueError(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
+  results = {}
+  for name in names:
+    done = workdir / name / "DONE.json"
+    if done.exists():
+      log.info("stage %s already done (%s): skipping", name, done)
+      results[name] = json.loads(done.read_text())
+      continue
+    log.info("stage %s: starting", name)
+    results[name] = STAGES[name](config, workdir, mesh)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(results[name], indent=2, default=float))
+  path = report.write(workdir, config, results)
+  print(f"\nResults: {path}")
+  return results

@@ -1,0 +1,68 @@
+"""Batched rollouts: k responses per prompt, forking each prompt's cache.
+
+Prompts are processed in fixed-size chunks (padded with copies of the first
+prompt) so the sampler compiles once per run, whatever the number of prompts.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from pav_jax import sampler as sampler_lib
+
+
+@dataclasses.dataclass
+class Rollouts:
+  """Responses (token lists, EOS excluded) for each prompt: [P][k]."""
+
+  responses: list[list[list[int]]]
+  finished: np.ndarray  # bool [P, k]: ended with EOS (not truncated)
+  logprob_sums: np.ndarray  # float [P, k]
+  prefilled_tokens: int  # prompt tokens prefilled (once per prompt)
+  generated_tokens: int
+
+
+def sample(
+    sampler: sampler_lib.Sampler,
+    params,
+    prompts: Sequence[Sequence[int]],
+    k: int,
+    rng: jax.Array,
+    max_new_tokens: int,
+    batch_rows: int = 512,
+) -> Rollouts:
+  """Draws k continuations of every prompt (prefill once, fork k)."""
+  if k > batch_rows:
+    raise ValueError(f"samples per prompt {k} exceed batch_rows {batch_rows}")
+  per_chunk = max(batch_rows // k, 1)
+  responses, finished, logps = [], [], []
+  generated = 0
+  for c, start in enumerate(range(0, len(prompts), per_chunk)):
+    chunk = list(prompts[start:start + per_chunk])
+    real = len(chunk)
+    chunk += [chunk[0]] * (per_chunk - real)
+    state = sampler.prefill(params, chunk, jax.random.fold_in(rng, c))
+    out = sampler.decode(params, sampler_lib.fork(state, k), max_new_tokens)
+    toks, lens, stops, lp = jax.device_get(
+        (out.tokens_BN, out.length_B, out.stop_B, out.logprobs_BN))
+    for p in range(real):
+      rows = range(p * k, (p + 1) * k)
+      resp = []
+      for r in rows:
+        seq = toks[r, : lens[r]].tolist()
+        if seq and seq[-1] == sampler.eos_id:
+          seq = seq[:-1]
+        resp.append(seq)
+        generated += int(lens[r])
+      responses.append(resp)
+      finished.append([stops[r] == sampler_lib.EOS for r in rows])
+      logps.append([float(lp[r].sum()) for r in rows])
+  return Rollouts(
+      responses=responses,
+      finished=np.asarray(finished, bool),
+      logprob_sums=np.asarray(logps, np.float32),
+      prefilled_tokens=sampler_lib.prefilled_tokens(prompts),
+      generated_tokens=generated,
+  )
