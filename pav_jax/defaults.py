@@ -80,6 +80,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.samples_per_prompt = 16
   c.eval.batch_rows = 512
 
+  # --- MC labelling under provers (labelling.py) ---
+  c.label = ml_collections.ConfigDict()
+  c.label.num_prompts = 256
+  c.label.n_cov = 4  # seed rollouts per prompt
+  c.label.n_mc = 8  # continuations per step-boundary prefix
+
+  # --- Verifiers: ORM, PRM-Q, PAV (train_verifier.py) ---
+  c.verifier = ml_collections.ConfigDict()
+  c.verifier.steps = 300
+  c.verifier.batch_size = 32
+  c.verifier.learning_rate = 1e-3
+
+  # --- Search: best-of-N and step-level beam search (search.py) ---
+  c.search = ml_collections.ConfigDict()
+  c.search.num_prompts = 64
+  c.search.alpha = 0.5
+  c.search.prover_k = 4
+
   c.rft = ml_collections.ConfigDict()
   c.rft.enabled = False
   c.rft.num_prompts = 512

@@ -5,18 +5,28 @@ rerunning `make demo` resumes at the first unfinished stage, and a stage cut
 short resumes from its own checkpoints.
 """
 
+import importlib
 import json
 import logging
 from pathlib import Path
 
 from pav_jax import report
-from pav_jax import train_policy
 
 log = logging.getLogger(__name__)
 
+# stage name -> "module:function(config, workdir, mesh) -> summary dict".
+# A summary may carry "report_md" (Markdown for the run report).
 STAGES = {
-    "sft": train_policy.run_sft,
+    "sft": "pav_jax.train_policy:run_sft",
+    "label": "pav_jax.labelling:run_label",
+    "verifiers": "pav_jax.train_verifier:run_verifiers",
+    "search": "pav_jax.search:run_search",
 }
+
+
+def _resolve(name: str):
+  module, fn = STAGES[name].split(":")
+  return getattr(importlib.import_module(module), fn)
 
 
 def run(config, workdir: Path, mesh) -> dict:
@@ -34,7 +44,7 @@ def run(config, workdir: Path, mesh) -> dict:
       results[name] = json.loads(done.read_text())
       continue
     log.info("stage %s: starting", name)
-    results[name] = STAGES[name](config, workdir, mesh)
+    results[name] = _resolve(name)(config, workdir, mesh)
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(results[name], indent=2, default=float))
   path = report.write(workdir, config, results)

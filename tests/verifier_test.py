@@ -1,0 +1,89 @@
+"""Verifier: one-pass step scores == per-prefix forward scores."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pav_jax import config as config_lib
+from pav_jax import transformer
+from pav_jax import verifier
+
+STEP, EOS, PAD = 4, 2, 0
+CFG = config_lib.ModelConfig.tiny(vocab_size=40).replace(
+    num_layers=2, embed_dim=32, hidden_dim=64, head_dim=8, sliding_window=6)
+
+
+def _params():
+  graphdef, state = jax.tree.map(lambda x: x, transformer.split(verifier.create(CFG, 1)))
+  state["head_D"] = jax.random.normal(jax.random.key(0), state["head_D"].shape)
+  return graphdef, state
+
+
+def test_boundaries_and_gather():
+  #            prompt: 1 7 8 STEP | response: 9 STEP 10 11 STEP 12 EOS PAD
+  tok = jnp.array([[1, 7, 8, STEP, 9, STEP, 10, 11, STEP, 12, EOS, PAD]])
+  valid = tok != PAD
+  bnd = verifier.boundary_mask(tok, valid, jnp.array([4]), STEP, EOS)
+  assert np.flatnonzero(bnd[0]).tolist() == [3, 5, 8, 10]
+  vals = jnp.arange(12, dtype=jnp.float32)[None]
+  v, m = verifier.gather_boundaries(vals, bnd, 6)
+  assert v[0].tolist() == [3, 5, 8, 10, 0, 0] and m[0].tolist() == [1, 1, 1, 1, 0, 0]
+  v, m = verifier.gather_boundaries(vals, bnd, 2)  # overflow is dropped
+  assert v[0].tolist() == [3, 5]
+
+
+def test_one_pass_equals_per_prefix_forward():
+  graphdef, params = _params()
+  rng = np.random.default_rng(0)
+  rows, plens = [], []
+  for b in range(3):
+    prompt = [1] + rng.integers(5, 40, 3 + b).tolist() + [STEP]
+    resp = []
+    for _ in range(2 + b):
+      resp += rng.integers(5, 40, rng.integers(1, 4)).tolist() + [STEP]
+    resp[-1] = EOS
+    rows.append(prompt + resp)
+    plens.append(len(prompt))
+  t = max(map(len, rows)) + 2
+  tok = np.full((3, t), PAD, np.int32)
+  for i, r in enumerate(rows):
+    tok[i, : len(r)] = r
+  tok = jnp.asarray(tok)
+  valid = tok != PAD
+  v, m = verifier.prefix_values(graphdef, params, tok, valid, jnp.array(plens),
+                                step_id=STEP, eos_id=EOS, num_prefixes=8)
+  score = jax.jit(verifier.score, static_argnums=0)
+  for i, r in enumerate(rows):
+    ends = [plens[i] - 1] + [j for j in range(plens[i], len(r)) if r[j] in (STEP, EOS)]
+    assert int(m[i].sum()) == len(ends)
+    for h, e in enumerate(ends):  # separate forward on the prefix alone
+      pre = np.full((1, t), PAD, np.int32)  # fixed width: one compile
+      pre[0, : e + 1] = r[: e + 1]
+      ok = jnp.asarray(pre != PAD)
+      logit, _ = score(graphdef, params, jnp.asarray(pre),
+                       transformer.positions_from_mask(ok), ok)
+      np.testing.assert_allclose(v[i, h], jax.nn.sigmoid(logit[0, e]), atol=1e-5)
+
+
+def test_cached_scoring_equals_full_pass():
+  """Incremental scoring (new step only) with the verifier's own KV cache."""
+  graphdef, params = _params()
+  score = jax.jit(verifier.score, static_argnums=0)
+  tok = jax.random.randint(jax.random.key(2), (2, 10), 5, 40)
+  valid = jnp.ones_like(tok, bool)
+  pos = transformer.positions_from_mask(valid)
+  full, _ = score(graphdef, params, tok, pos, valid)
+  cache = transformer.init_cache(CFG, 2, 16)
+  a, cache = score(graphdef, params, tok[:, :6], pos[:, :6], valid[:, :6], cache)
+  b, _ = score(graphdef, params, tok[:, 6:], pos[:, 6:], valid[:, 6:], cache)
+  np.testing.assert_allclose(jnp.concatenate([a, b], 1), full, atol=1e-5)
+
+
+def test_params_from_policy_share_backbone():
+  policy = transformer.split(transformer.create(CFG, 3))[1]
+  p = verifier.params_from_policy(policy, CFG)
+  graphdef, ref = transformer.split(verifier.create(CFG))
+  assert jax.tree.structure(p) == jax.tree.structure(ref)
+  logit, _ = verifier.score(graphdef, p, jnp.ones((1, 4), jnp.int32),
+                            jnp.arange(4)[None], jnp.ones((1, 4), bool))
+  np.testing.assert_array_equal(logit, 0.0)  # zero head: p = 0.5 everywhere
