@@ -30,7 +30,7 @@ REPO_URL="${PAV_REPO_URL:-}"        # git URL to clone on the workers, or
 REPO_DIR="${PAV_REPO_DIR:-pav_jax}"  # an existing checkout there (scp'd).
 
 usage() {
-  sed -n '4,9p' "$0" >&2
+  sed -n '6,9p' "$0" >&2
   exit 2
 }
 
