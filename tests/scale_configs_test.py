@@ -1,4 +1,4 @@
-"""The Gemma-2 accelerator configs, checked on CPU without materialising weights.
+"""The Gemma-2 accelerator configs, checked on CPU without any weights.
 
 Parameter counts match the published Gemma-2 sizes; every parameter and
 AdamW-state leaf gets a valid NamedSharding on 8-device meshes (the configs'
