@@ -10,6 +10,8 @@ import json
 import logging
 from pathlib import Path
 
+import jax
+
 from pav_jax import report
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,11 @@ def run(config, workdir: Path, mesh) -> dict:
       continue
     log.info("stage %s: starting", name)
     results[name] = _resolve(name)(config, workdir, mesh)
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(results[name], indent=2, default=float))
+    if jax.process_index() == 0:
+      done.parent.mkdir(parents=True, exist_ok=True)
+      done.write_text(json.dumps(results[name], indent=2, default=float))
+  if jax.process_index() != 0:
+    return results
   path = report.write(workdir, config, results)
   print(f"\nResults: {path}")
   return results

@@ -106,11 +106,37 @@ def make_train_step(graphdef, loss_fn: LossFn, tx, state_shardings, mesh):
       donate_argnums=(0,))
 
 
+def device_batch(batch: dict, sharding) -> dict:
+  """Places a global host batch on the mesh (each process sends its rows).
+
+  Single process: a plain `device_put`. Multi-host: process i contributes
+  rows [i*B/n, (i+1)*B/n) via `jax.make_array_from_process_local_data`, so
+  every host must compute the same global batch (batch_fn is deterministic).
+  """
+  n = jax.process_count()
+  if n == 1:
+    return jax.device_put(batch, sharding)
+  i = jax.process_index()
+
+  def put(x):
+    rows = len(x) // n
+    return jax.make_array_from_process_local_data(
+        sharding, x[i * rows:(i + 1) * rows], (len(x),) + x.shape[1:])
+
+  return jax.tree.map(put, batch)
+
+
 class MetricWriter:
-  """Appends metrics to `metrics.jsonl` and TensorBoard event files."""
+  """Appends metrics to `metrics.jsonl` and TensorBoard event files.
+
+  Only process 0 writes (multi-host runs share one workdir).
+  """
 
   def __init__(self, directory: str | Path):
     self.directory = Path(directory)
+    self._jsonl = self._tb = None
+    if jax.process_index() != 0:
+      return
     self.directory.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")
     try:
@@ -120,6 +146,8 @@ class MetricWriter:
       self._tb = None
 
   def write(self, step: int, metrics: dict) -> None:
+    if self._jsonl is None:
+      return
     clean = {}
     for k, v in metrics.items():
       try:
@@ -134,7 +162,8 @@ class MetricWriter:
         self._tb.add_scalar(k, v, int(step))
 
   def close(self) -> None:
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -173,11 +202,13 @@ def fit(
     eval_fn: Callable[[int, Any], dict] | None = None,
     config_dict: dict | None = None,
     desc: str = "train",
+    batch_sharding=None,
 ):
   """Runs (or resumes) a training loop; returns the final state.
 
   `batch_fn(step)` must be a pure function of the step (deterministic data
-  order), which makes the data position == step and resume exact.
+  order), which makes the data position == step and resume exact. With
+  `batch_sharding`, batches are placed through `device_batch` (multi-host).
   """
   stage_dir = Path(stage_dir)
   ckpt = ckpt_lib.Checkpointer(stage_dir / "checkpoints", max_to_keep=loop.max_to_keep)
@@ -199,7 +230,10 @@ def fit(
     with tqdm.tqdm(total=loop.num_steps, initial=start, desc=desc,
                    dynamic_ncols=True, mininterval=1.0) as pbar:
       for step in range(start, loop.num_steps):
-        state, metrics = train_step(state, batch_fn(step))
+        batch = batch_fn(step)
+        if batch_sharding is not None:
+          batch = device_batch(batch, batch_sharding)
+        state, metrics = train_step(state, batch)
         if pending is not None:  # read step n-1 after dispatching step n
           _log_pending(pending, writer, pbar, loop, ckpt)
         pending = (step, metrics)

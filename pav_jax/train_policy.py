@@ -22,6 +22,7 @@ from pav_jax import config as config_lib
 from pav_jax import losses
 from pav_jax import rollouts
 from pav_jax import sampler as sampler_lib
+from pav_jax import sharding as sharding_lib
 from pav_jax import tasks as tasks_lib
 from pav_jax import tokenizer as tok_lib
 from pav_jax import train_lib
@@ -176,7 +177,8 @@ def load_init_params(path: str, model_cfg: config_lib.ModelConfig):
   if (Path(path) / "config.json").exists():
     from pav_jax import hf_gemma  # safetensors only needed here
     hf_cfg = hf_gemma.config_from_hf(hf_gemma.read_hf_config(path), model_cfg.dtype)
-    if dataclasses.replace(hf_cfg, dtype=model_cfg.dtype, max_seq_len=model_cfg.max_seq_len) != model_cfg:
+    if dataclasses.replace(hf_cfg, dtype=model_cfg.dtype, remat=model_cfg.remat,
+                           max_seq_len=model_cfg.max_seq_len) != model_cfg:
       raise ValueError(
           f"init_checkpoint {path} holds {hf_cfg}, which differs from the "
           f"configured model {model_cfg}: set config.model to match it")
@@ -210,7 +212,8 @@ def train_stage(config, workdir: Path, setup: Setup, *, stage: str,
       loop=train_lib.LoopConfig(
           num_steps=steps, ckpt_every=sft.ckpt_every, log_every=sft.log_every,
           kill_at_step=sft.kill_at_step),
-      config_dict=config.to_dict(), desc=stage)
+      config_dict=config.to_dict(), desc=stage,
+      batch_sharding=sharding_lib.batch_sharding(setup.mesh))
   return graphdef, state["params"]
 
 
@@ -241,7 +244,8 @@ def run_sft(config, workdir: Path, mesh) -> dict:
       num_params=setup.model_cfg.num_params(),
       samples=[{"question": ex.question, "response": ts[0], "correct": bool(c[0])}
                for ex, ts, c in zip(test[:4], ev.texts, ev.correct)])
-  (stage_dir / "eval.json").write_text(json.dumps(result, indent=2))
+  if jax.process_index() == 0:
+    (stage_dir / "eval.json").write_text(json.dumps(result, indent=2))
   return result
 
 

@@ -57,7 +57,10 @@ class Transformer(nnx.Module):
     new_layers = {}
     for i, block in enumerate(self.blocks):
       kv = None if cache is None else cache["layers"][f"layer_{i}"]
-      x_BTD, kv = block(x_BTD, pos_BT, kpos_BS, kv, index)
+      if self.cfg.remat and cache is None:
+        x_BTD, kv = nnx.remat(_run_block)(block, x_BTD, pos_BT, kpos_BS)
+      else:
+        x_BTD, kv = block(x_BTD, pos_BT, kpos_BS, kv, index)
       new_layers[f"layer_{i}"] = kv
     x_BTD = self.final_norm(x_BTD)
     if cache is None:
@@ -79,6 +82,10 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BT, pos_BT, valid_BT, cache=None):
     x_BTD, cache = self.hidden(tokens_BT, pos_BT, valid_BT, cache)
     return self.logits(x_BTD), cache
+
+
+def _run_block(block, x_BTD, pos_BT, kpos_BS):
+  return block(x_BTD, pos_BT, kpos_BS, None, None)
 
 
 def init_cache(

@@ -85,3 +85,20 @@ def test_param_count_matches_config():
   _, params = tr.split(tr.create(cfg))
   n = sum(x.size for x in jax.tree.leaves(params))
   assert n == cfg.num_params() < 2_000_000
+
+
+def test_remat_gives_same_loss_and_grads():
+  cfg = _tiny(num_kv_heads=2)
+  graphdef, params = tr.split(tr.create(cfg))
+  graphdef_r, _ = tr.split(tr.create(cfg.replace(remat=True)))
+  tok = jax.random.randint(jax.random.key(6), (2, 9), 0, cfg.vocab_size)
+  valid = jnp.ones_like(tok, bool)
+  pos = tr.positions_from_mask(valid)
+
+  def loss(g, p):
+    return jnp.mean(tr.forward(g, p, tok, pos, valid)[0] ** 2)
+
+  l1, g1 = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)(graphdef, params)
+  l2, g2 = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)(graphdef_r, params)
+  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g1, g2)
