@@ -1,0 +1,679 @@
+"""Monte-Carlo step labels under provers: pure math, a forked labeller, a stage.
+
+Data flow (one chunk of prompts, all shapes static so decode compiles a few
+times per run):
+
+  prefill prompts once ─ fork n_mc ─> continuations of s_1 (question only)
+        └ fork n_cov ─> seed rows ─ decode one step (stop_at_step) ─┐
+                ^                                                    │
+                └──── rows still running ─ fork n_mc ─> continuations of
+                      s_{h+1} (the state after a step *is* its prefix cache)
+
+Q̂(s) = fraction of a prefix's n_mc continuations graded correct. A step that
+ends with EOS closes the trajectory: its value is the outcome itself (exact,
+no rollouts). Continuations of a *different* model μ (a checkpoint prover)
+cannot reuse π's cache: each prefix is prefilled once by μ and forked n_mc.
+`mode="reprefill"` instead prefills every continuation separately: the
+baseline of the forking benchmark, and the reference of the equality test.
+
+Value layout, shared with `verifier.prefix_values`: `q_NP[:, 0]` = V(s_1),
+`q_NP[:, h]` = Q(s_h, a_h) = V(s_{h+1}); `mask_NP` marks real prefixes.
+
+On disk a labelled set is a directory of `shard_XXXXX.npz` files (one per
+chunk of prompts) plus `manifest.json` (format version, identity, config,
+finished shards with sha256, counts and budget). A rerun resumes at the first
+unfinished shard; a set made with another tokenizer, step delimiter, policy
+or prover is refused with `LabelledSetError`.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pav_jax import advantages
+from pav_jax import sampler as sampler_lib
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pav_jax.labelled_set"
+FORMAT_VERSION = 1
+
+# grade(prompt_index, response_tokens_without_eos) -> 0.0 / 1.0
+GradeFn = Callable[[int, list[int]], float]
+
+
+class LabelledSetError(RuntimeError):
+  """A labelled set that is corrupt or does not match the current run."""
+
+
+# -----------------------------------------------------------------------------
+# Pure math (jnp): provers, advantages, effective rewards, balancing, pits.
+# -----------------------------------------------------------------------------
+
+
+def bok_values(q_pi_NP: jax.Array, k: float | jax.Array) -> jax.Array:
+  """Q^{BoK(π)} = 1 - (1 - Q^π)^K for every prefix (Eq. 30)."""
+  return advantages.bok_q(q_pi_NP, k)
+
+
+def prefix_advantages(v_NP: jax.Array, mask_NP: jax.Array) -> jax.Array:
+  """A(s_h, a_h) = V(s_{h+1}) - V(s_h) stored at index h (index 0 is zero).
+
+  `v_NP[:, 0]` is the question-only value V(s_1); padding and index 0 get 0.
+  """
+  a_NH = advantages.step_advantages(v_NP[:, 1:], v_NP[:, 0], mask_NP[:, 1:])
+  return jnp.concatenate([jnp.zeros_like(v_NP[:, :1]), a_NH], axis=1)
+
+
+def prover_advantages(q_pi_NP: jax.Array, mask_NP: jax.Array,
+                      k: float | None = None,
+                      q_mu_NP: jax.Array | None = None) -> jax.Array:
+  """A^μ per step for μ = π (k None/1), BoK(π) (k), or a checkpoint (q_mu)."""
+  if q_mu_NP is not None:
+    return prefix_advantages(q_mu_NP, mask_NP)
+  v_NP = q_pi_NP if k is None or k == 1 else bok_values(q_pi_NP, k)
+  return prefix_advantages(v_NP, mask_NP)
+
+
+def effective_rewards(q_pi_NP: jax.Array, a_mu_NP: jax.Array,
+                      mask_NP: jax.Array, alpha: float | jax.Array) -> jax.Array:
+  """Q^π + α·A^μ per prefix (zero on padding)."""
+  return jnp.where(mask_NP, advantages.effective_reward(q_pi_NP, a_mu_NP, alpha),
+                   0.0)
+
+
+def class_balance_weights(q_NP: jax.Array, mask_NP: jax.Array,
+                          threshold: float = 0.5) -> jax.Array:
+  """Weights giving buckets Q̂ < threshold and Q̂ >= threshold equal mass.
+
+  Normalised so the weights of the masked entries average to 1; an empty
+  bucket leaves the other one at weight 1.
+  """
+  m_NP = mask_NP.astype(jnp.float32)
+  hi_NP = (q_NP >= threshold).astype(jnp.float32) * m_NP
+  lo_NP = m_NP - hi_NP
+  n_hi, n_lo, n = jnp.sum(hi_NP), jnp.sum(lo_NP), jnp.sum(m_NP)
+  both = (n_hi > 0) & (n_lo > 0)
+  w_hi = jnp.where(both, 0.5 * n / jnp.maximum(n_hi, 1.0), 1.0)
+  w_lo = jnp.where(both, 0.5 * n / jnp.maximum(n_lo, 1.0), 1.0)
+  return hi_NP * w_hi + lo_NP * w_lo
+
+
+def first_pit(q_NP: jax.Array, mask_NP: jax.Array,
+              high: float = 0.5) -> tuple[jax.Array, jax.Array]:
+  """First pit of each row: the first prefix with Q̂ == 0 after a high state.
+
+  Returns (pit_N, keep_NP): pit_N is the prefix index of the pit (-1 when the
+  row never reaches a state with Q̂ >= high and then falls to 0), keep_NP marks
+  the prefixes up to and including it (all False for rows without a pit).
+  """
+  p = q_NP.shape[1]
+  m_NP = mask_NP.astype(bool)
+  high_NP = (q_NP >= high) & m_NP
+  seen_high_NP = jnp.cumsum(high_NP.astype(jnp.int32), axis=1) > 0
+  pit_NP = seen_high_NP & (q_NP <= 0.0) & m_NP
+  has_N = jnp.any(pit_NP, axis=1)
+  pit_N = jnp.where(has_N, jnp.argmax(pit_NP, axis=1), -1)
+  keep_NP = (jnp.arange(p)[None, :] <= pit_N[:, None]) & m_NP
+  return pit_N.astype(jnp.int32), keep_NP
+
+
+def bisect_first_zero(is_zero: Callable[[int], bool], lo: int, hi: int) -> int:
+  """Smallest h in [lo, hi] with is_zero(h), assuming zeros persist (host).
+
+  Locates a pit with O(log H) value estimates instead of H. Returns hi + 1
+  when no prefix in range is a pit.
+  """
+  ans = hi + 1
+  while lo <= hi:
+    mid = (lo + hi) // 2
+    if is_zero(mid):
+      ans, hi = mid, mid - 1
+    else:
+      lo = mid + 1
+  return ans
+
+
+# -----------------------------------------------------------------------------
+# The labeller.
+# -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+  """Static labelling parameters.
+
+  Attributes:
+    n_cov: seed rollouts per prompt.
+    n_mc: continuations per step-boundary prefix.
+    max_new_tokens: response budget (seeds and continuations alike).
+    max_step_tokens: longest step a seed may take (longer: truncated).
+    max_steps: most steps of a seed rollout.
+    prompts_per_chunk: prompts labelled together (one shard each chunk).
+    mode: "fork" (continuations fork the prefix cache) or "reprefill".
+    row_buckets: continuation batches are padded to multiples of
+      rows/row_buckets, so decode compiles at most row_buckets + 1 times.
+  """
+
+  n_cov: int = 4
+  n_mc: int = 8
+  max_new_tokens: int = 80
+  max_step_tokens: int = 32
+  max_steps: int = 12
+  prompts_per_chunk: int = 32
+  mode: str = "fork"
+  row_buckets: int = 4
+
+  def __post_init__(self):
+    if self.mode not in ("fork", "reprefill"):
+      raise ValueError(f"mode must be 'fork' or 'reprefill', got {self.mode!r}")
+    if min(self.n_cov, self.n_mc, self.max_steps, self.prompts_per_chunk) < 1:
+      raise ValueError(f"n_cov, n_mc, max_steps, prompts_per_chunk must be >= 1: {self}")
+
+  @property
+  def num_prefixes(self) -> int:
+    return self.max_steps + 1
+
+
+@dataclasses.dataclass
+class Budget:
+  """Compute spent: tokens sampled, prompt/prefix tokens prefilled, rollouts."""
+
+  sampled_tokens: int = 0
+  prefilled_tokens: int = 0
+  seed_rollouts: int = 0
+  mc_rollouts: int = 0
+  cache_full: int = 0
+  seconds: float = 0.0
+
+  def add(self, other: "Budget") -> None:
+    for f in dataclasses.fields(self):
+      setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Prover:
+  """A checkpoint prover μ: its sampler and params (Q̂^μ at π's prefixes)."""
+
+  sampler: Any
+  params: Any
+
+
+def _mc_keys(key: jax.Array, h: int, rows_A: np.ndarray, n_mc: int) -> jax.Array:
+  """Continuation keys of (prefix index h, chunk row r, draw i), [A * n_mc]."""
+  k_h = jax.random.fold_in(key, h)
+  k_A = jax.vmap(lambda r: jax.random.fold_in(k_h, r))(jnp.asarray(rows_A))
+  return jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(
+      jnp.arange(n_mc)))(k_A).reshape((-1,) + k_A.shape[1:])
+
+
+def _owned(state):
+  """A state whose scalar cache index is its own buffer.
+
+  `fork`/`select_rows` share the index scalar with their source state, and
+  decode donates its input: without a copy, decoding a fork would delete the
+  index of the prefix state we keep forking from.
+  """
+  return state.replace(cache=dict(state.cache, index=jnp.array(state.cache["index"])))
+
+
+def _bucket_rows(n: int, total: int, buckets: int) -> int:
+  unit = max(-(-total // buckets), 1)
+  return min(-(-n // unit) * unit, max(total, n))
+
+
+def _grade_continuations(out_tokens, out_len, prefixes_resp, prompt_ids,
+                         n_mc, grade, cfg, eos_id) -> np.ndarray:
+  """Successes per prefix: grades prefix response + continuation (host)."""
+  succ = np.zeros(len(prefixes_resp), np.int32)
+  for a, resp in enumerate(prefixes_resp):
+    for i in range(n_mc):
+      r = a * n_mc + i
+      cont = out_tokens[r, : out_len[r]].tolist()
+      if cont and cont[-1] == eos_id:
+        cont = cont[:-1]
+      full = (resp + cont)[: cfg.max_new_tokens]
+      succ[a] += int(grade(int(prompt_ids[a]), full) > 0)
+  return succ
+
+
+def _continue(sampler, params, state, rows_A, resp_A, prompt_A, keys,
+              grade, cfg, total_rows, budget) -> np.ndarray:
+  """MC successes of the prefixes held by `state` rows `rows_A` (fork mode)."""
+  g = _bucket_rows(len(rows_A), total_rows, cfg.row_buckets)
+  idx = np.concatenate([rows_A, np.full(g - len(rows_A), rows_A[0])]).astype(np.int32)
+  sub = sampler_lib.select_rows(state, jnp.asarray(idx))
+  pad_B = np.arange(g) >= len(rows_A)
+  sub = sub.replace(finished_B=sub.finished_B | jnp.asarray(pad_B))
+  pad_keys = jnp.concatenate(
+      [keys, jnp.repeat(keys[:1], (g - len(rows_A)) * cfg.n_mc, axis=0)], axis=0)
+  forked = sampler_lib.fork(sub, cfg.n_mc, key_B=pad_keys)
+  out = sampler.decode(params, _owned(forked), cfg.max_new_tokens)
+  toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
+  n_real = len(rows_A) * cfg.n_mc
+  budget.sampled_tokens += int(lens[:n_real].sum())
+  budget.mc_rollouts += n_real
+  budget.cache_full += int((stops[:n_real] == sampler_lib.CACHE_FULL).sum())
+  return _grade_continuations(toks, lens, resp_A, prompt_A, cfg.n_mc, grade,
+                              cfg, sampler.eos_id)
+
+
+def _continue_prefilled(sampler, params, prefixes_A, resp_A, prompt_A, keys,
+                        grade, cfg, budget, *, repeat: bool) -> np.ndarray:
+  """MC successes by prefilling each prefix once (repeat=False, then fork)
+  or n_mc times (repeat=True: the no-fork baseline)."""
+  n_mc = cfg.n_mc
+  if repeat:
+    rows = [p for p in prefixes_A for _ in range(n_mc)]
+    state = sampler.prefill(params, rows, None, key_B=keys)
+    budget.prefilled_tokens += sampler_lib.prefilled_tokens(rows)
+  else:
+    state = sampler.prefill(params, list(prefixes_A), None,
+                            key_B=keys[::n_mc])
+    state = sampler_lib.fork(state, n_mc, key_B=keys)
+    budget.prefilled_tokens += sampler_lib.prefilled_tokens(prefixes_A)
+  out = sampler.decode(params, state, cfg.max_new_tokens)
+  toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
+  budget.sampled_tokens += int(lens.sum())
+  budget.mc_rollouts += len(prefixes_A) * n_mc
+  budget.cache_full += int((stops == sampler_lib.CACHE_FULL).sum())
+  return _grade_continuations(toks, lens, resp_A, prompt_A, n_mc, grade, cfg,
+                              sampler.eos_id)
+
+
+def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
+                grade: GradeFn, key: jax.Array, cfg: LabelConfig,
+                prover: Prover | None = None,
+                prompt_offset: int = 0) -> tuple[dict, Budget]:
+  """Seed rollouts and MC labels of every step-boundary prefix of a chunk.
+
+  Args:
+    sampler: a `sampler.Sampler` (or anything with its prefill/decode and a
+      `SamplerState`): the base policy π.
+    params: π's params.
+    prompts: token lists (BOS + prompt, ending with the step delimiter);
+      padded to cfg.prompts_per_chunk with copies of the first.
+    grade: grade(prompt index (prompt_offset + i), response tokens) -> 0/1.
+    key: PRNG key of the chunk.
+    cfg: labelling parameters.
+    prover: optional checkpoint prover μ; adds Q̂^μ at π's prefixes.
+    prompt_offset: global index of prompts[0] (passed to `grade`).
+
+  Returns:
+    (arrays, budget); arrays (N = real prompts * n_cov rows, P prefixes):
+      tokens_NT: BOS + prompt + response (+ EOS), pad after; T =
+        longest prompt + max_new_tokens + 1.
+      prompt_len_N, response_len_N, num_prefixes_N, outcome_N (0/1),
+      finished_N (ended with EOS), prompt_index_N,
+      q_NP (Q̂^π), succ_NP, count_NP (n_mc; 0 where exact/padded), mask_NP,
+      and with a prover q_mu_NP, succ_mu_NP.
+  """
+  t0 = time.time()
+  budget = Budget()
+  real = len(prompts)
+  if real > cfg.prompts_per_chunk:
+    raise ValueError(f"{real} prompts exceed prompts_per_chunk {cfg.prompts_per_chunk}")
+  prompts = [list(p) for p in prompts]
+  prompts += [prompts[0]] * (cfg.prompts_per_chunk - real)
+  c, n_cov, n_mc, p_max = len(prompts), cfg.n_cov, cfg.n_mc, cfg.num_prefixes
+  r_total = c * n_cov
+  eos = sampler.eos_id
+  k_prompt, k_seed, k_mc, k_mu = (jax.random.fold_in(key, i) for i in range(4))
+
+  prompt_of_row = np.repeat(np.arange(c), n_cov)
+  resp = [[] for _ in range(r_total)]
+  q_succ = np.zeros((r_total, p_max), np.int32)
+  q_count = np.zeros((r_total, p_max), np.int32)
+  mu_succ = np.zeros((r_total, p_max), np.int32)
+  n_prefix = np.ones(r_total, np.int32)  # s_1 always exists
+  exact = np.full((r_total, p_max), -1.0)  # outcome at an EOS-closed prefix
+  finished = np.zeros(r_total, bool)
+  running = np.ones(r_total, bool)
+
+  def label(h, state, rows_A):
+    """Q̂^π (and Q̂^μ) of prefix h of rows_A; state rows are rows_A's."""
+    if h == 0:  # s_1 is per prompt; state rows are prompts.
+      resp_A = [[] for _ in rows_A]
+      prefixes = [prompts[i] for i in rows_A]
+      prompt_A = rows_A + prompt_offset
+    else:
+      resp_A = [resp[r] for r in rows_A]
+      prefixes = [prompts[prompt_of_row[r]] + resp[r] for r in rows_A]
+      prompt_A = prompt_of_row[rows_A] + prompt_offset
+    keys = _mc_keys(k_mc, h, rows_A, n_mc)
+    if cfg.mode == "fork":
+      succ = _continue(sampler, params, state, rows_A, resp_A, prompt_A, keys,
+                       grade, cfg, r_total, budget)
+    else:
+      succ = _continue_prefilled(sampler, params, prefixes, resp_A, prompt_A,
+                                 keys, grade, cfg, budget, repeat=True)
+    succ_mu = None
+    if prover is not None:
+      succ_mu = _continue_prefilled(
+          prover.sampler, prover.params, prefixes, resp_A, prompt_A,
+          _mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, budget, repeat=False)
+    return succ, succ_mu
+
+  # Prompts: prefilled once; s_1 labelled per prompt (copied to its seeds).
+  state = sampler.prefill(params, prompts, None,
+                          key_B=jax.random.split(k_prompt, c))
+  budget.prefilled_tokens += sampler_lib.prefilled_tokens(prompts[:real])
+  all_prompts = np.arange(c)
+  succ, succ_mu = label(0, state, all_prompts)
+  q_succ[:, 0] = succ[prompt_of_row]
+  q_count[:, 0] = n_mc
+  if succ_mu is not None:
+    mu_succ[:, 0] = succ_mu[prompt_of_row]
+
+  seed_keys = jax.vmap(lambda r: jax.random.fold_in(k_seed, r))(jnp.arange(r_total))
+  seed = _owned(sampler_lib.fork(state, n_cov, key_B=seed_keys))
+  del state
+  for h in range(1, cfg.max_steps + 1):
+    out = sampler.decode(params, seed, cfg.max_step_tokens, stop_at_step=True)
+    seed = out.state
+    toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
+    budget.sampled_tokens += int(lens[running[:]].sum())
+    for r in np.flatnonzero(running):
+      resp[r] += toks[r, : lens[r]].tolist()
+    over = np.array([len(x) >= cfg.max_new_tokens for x in resp])
+    ended_eos = running & (stops == sampler_lib.EOS)
+    stepped = running & (stops == sampler_lib.STEP_END) & ~over
+    budget.cache_full += int((running & (stops == sampler_lib.CACHE_FULL)).sum())
+    # An EOS-closed step is a prefix whose value is the outcome (exact).
+    for r in np.flatnonzero(ended_eos):
+      if len(resp[r]) <= cfg.max_new_tokens:
+        exact[r, h] = -2.0  # filled after grading
+        n_prefix[r] = h + 1
+      finished[r] = len(resp[r]) <= cfg.max_new_tokens
+    for r in np.flatnonzero(stepped):
+      n_prefix[r] = h + 1
+    running = stepped
+    if h == cfg.max_steps:
+      break
+    if running.any():
+      rows_A = np.flatnonzero(running)
+      succ, succ_mu = label(h, seed, rows_A)
+      q_succ[rows_A, h] = succ
+      q_count[rows_A, h] = n_mc
+      if succ_mu is not None:
+        mu_succ[rows_A, h] = succ_mu
+      # Stop rows that reached their budget from decoding further.
+      seed = seed.replace(finished_B=jnp.asarray(~running))
+    else:
+      break
+  # Rows running at max_steps are truncated (their last step had no label).
+  n_prefix = np.where(running & (n_prefix > cfg.max_steps), cfg.max_steps, n_prefix)
+
+  n = real * n_cov
+  outcome = np.zeros(r_total, np.float32)
+  for r in range(n):
+    body = resp[r][:-1] if resp[r] and resp[r][-1] == eos else resp[r]
+    outcome[r] = float(grade(int(prompt_of_row[r]) + prompt_offset,
+                             body[: cfg.max_new_tokens]) > 0)
+  p_ids = np.arange(p_max)[None, :]
+  mask = p_ids < n_prefix[:, None]
+  exact_m = (exact == -2.0) & mask
+  q = np.where(q_count > 0, q_succ / np.maximum(q_count, 1), 0.0)
+  q = np.where(exact_m, outcome[:, None], q)
+  q_count = np.where(exact_m | ~mask, 0, q_count)
+  t_len = max(len(p) for p in prompts) + cfg.max_new_tokens + 1
+  tokens = np.full((n, t_len), sampler.pad_id, np.int32)
+  for r in range(n):
+    row = prompts[prompt_of_row[r]] + resp[r][: cfg.max_new_tokens]
+    tokens[r, : len(row)] = row
+  arrays = {
+      "tokens_NT": tokens,
+      "prompt_len_N": np.array([len(prompts[prompt_of_row[r]]) for r in range(n)], np.int32),
+      "response_len_N": np.array([min(len(resp[r]), cfg.max_new_tokens + 1) for r in range(n)], np.int32),
+      "num_prefixes_N": n_prefix[:n].astype(np.int32),
+      "outcome_N": outcome[:n],
+      "finished_N": finished[:n],
+      "prompt_index_N": (prompt_of_row[:n] + prompt_offset).astype(np.int32),
+      "q_NP": q[:n].astype(np.float32),
+      "succ_NP": np.where(mask, q_succ, 0)[:n].astype(np.int32),
+      "count_NP": q_count[:n].astype(np.int32),
+      "mask_NP": mask[:n],
+  }
+  if prover is not None:
+    q_mu = np.where(q_count > 0, mu_succ / n_mc, q)
+    arrays["q_mu_NP"] = np.where(mask, q_mu, 0.0)[:n].astype(np.float32)
+    arrays["succ_mu_NP"] = np.where(mask, mu_succ, 0)[:n].astype(np.int32)
+  budget.seed_rollouts += n
+  budget.seconds += time.time() - t0
+  return arrays, budget
+
+
+# -----------------------------------------------------------------------------
+# The labelled set on disk: shards + manifest, resumable, validated.
+# -----------------------------------------------------------------------------
+
+
+def _sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def tokenizer_sha256(tok) -> str:
+  """Identity of a SentencePiece tokenizer: sha256 of its serialized model."""
+  return _sha256(tok._sp.serialized_model_proto())  # pylint: disable=protected-access
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _read_manifest(directory: Path) -> dict | None:
+  path = directory / "manifest.json"
+  if not path.exists():
+    return None
+  try:
+    m = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise LabelledSetError(f"{path} is not valid JSON ({e}): the labelled set "
+                           "is corrupt; delete the directory to relabel") from e
+  if m.get("format") != FORMAT or m.get("version") != FORMAT_VERSION:
+    raise LabelledSetError(
+        f"{path} has format {m.get('format')!r} v{m.get('version')}, expected "
+        f"{FORMAT!r} v{FORMAT_VERSION}: relabel into a fresh directory")
+  return m
+
+
+def _check_identity(path: Path, have: dict, want: dict) -> None:
+  diffs = [f"{k}: set has {have.get(k)!r}, expected {want[k]!r}"
+           for k in sorted(want) if have.get(k) != want[k]]
+  if diffs:
+    raise LabelledSetError(
+        f"labelled set {path} does not match this run:\n  " + "\n  ".join(diffs)
+        + "\nIt was made with another tokenizer / step delimiter / policy / "
+        "prover or settings: use a fresh directory or delete this one.")
+
+
+def label_dataset(directory: str | Path, sampler, params,
+                  prompts: Sequence[Sequence[int]], grade: GradeFn,
+                  key: jax.Array, cfg: LabelConfig, identity: dict,
+                  prover: Prover | None = None, config: dict | None = None,
+                  max_chunks: int | None = None) -> dict:
+  """Labels all prompts chunk by chunk into `directory`; resumes; returns manifest.
+
+  `identity` (JSON-able: tokenizer sha256, step/eos ids, policy checkpoint,
+  prover ...) must match an existing manifest. `max_chunks` stops after that
+  many *new* chunks (simulates an interruption in tests).
+  """
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  identity = json.loads(json.dumps(dict(
+      identity, label_config=dataclasses.asdict(cfg), num_prompts=len(prompts))))
+  manifest = _read_manifest(directory)
+  if manifest is None:
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION,
+                "identity": identity, "config": config or {}, "shards": {},
+                "budget": Budget().to_dict(), "complete": False}
+  else:
+    _check_identity(directory / "manifest.json", manifest["identity"], identity)
+  chunk = cfg.prompts_per_chunk
+  num_chunks = -(-len(prompts) // chunk)
+  new = 0
+  for i in range(num_chunks):
+    name = f"shard_{i:05d}.npz"
+    if name in manifest["shards"] and (directory / name).exists():
+      continue
+    if max_chunks is not None and new >= max_chunks:
+      break
+    lo = i * chunk
+    arrays, b = label_chunk(sampler, params, prompts[lo:lo + chunk], grade,
+                            jax.random.fold_in(key, i), cfg, prover, lo)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    _atomic_write(directory / name, data)
+    manifest["shards"][name] = {
+        "sha256": _sha256(data), "prompts": [lo, lo + len(prompts[lo:lo + chunk])],
+        "rows": int(len(arrays["tokens_NT"])),
+        "prefixes": int(arrays["mask_NP"].sum()),
+        "budget": b.to_dict()}
+    total = Budget()
+    for s in manifest["shards"].values():
+      total.add(Budget(**s["budget"]))
+    manifest["budget"] = total.to_dict()
+    manifest["complete"] = len(manifest["shards"]) == num_chunks
+    manifest["counts"] = {
+        "prompts": sum(s["prompts"][1] - s["prompts"][0] for s in manifest["shards"].values()),
+        "rollouts": sum(s["rows"] for s in manifest["shards"].values()),
+        "prefixes": sum(s["prefixes"] for s in manifest["shards"].values())}
+    _atomic_write(directory / "manifest.json",
+                  json.dumps(manifest, indent=2).encode())
+    new += 1
+    log.info("labelled chunk %d/%d (%d prefixes, %.1fs)", i + 1, num_chunks,
+             manifest["shards"][name]["prefixes"], b.seconds)
+  return manifest
+
+
+def load_labelled(directory: str | Path, expect: dict | None = None) -> dict:
+  """Loads a complete labelled set, checking format, identity and checksums.
+
+  `expect` holds identity entries that must match (e.g. tokenizer_sha256,
+  step_id). Returns the concatenated arrays (padded to common T) plus
+  'manifest'.
+  """
+  directory = Path(directory)
+  m = _read_manifest(directory)
+  if m is None:
+    raise LabelledSetError(f"no labelled set at {directory} (manifest.json "
+                           "missing): run the label stage first")
+  if expect:
+    _check_identity(directory / "manifest.json", m["identity"], expect)
+  if not m.get("complete"):
+    raise LabelledSetError(f"labelled set {directory} is incomplete "
+                           f"({len(m['shards'])} shards): rerun labelling to finish it")
+  parts = []
+  for name in sorted(m["shards"]):
+    path = directory / name
+    if not path.exists():
+      raise LabelledSetError(f"shard {path} listed in the manifest is missing")
+    data = path.read_bytes()
+    if _sha256(data) != m["shards"][name]["sha256"]:
+      raise LabelledSetError(f"shard {path} is corrupt (sha256 mismatch): "
+                             "delete it and rerun labelling to redo it")
+    with np.load(io.BytesIO(data)) as z:
+      parts.append({k: z[k] for k in z.files})
+  t = max(p["tokens_NT"].shape[1] for p in parts)
+  pad = m["identity"].get("pad_id", 0)
+  out = {}
+  for k in parts[0]:
+    xs = [p[k] for p in parts]
+    if k == "tokens_NT":
+      xs = [np.pad(x, ((0, 0), (0, t - x.shape[1])), constant_values=pad) for x in xs]
+    out[k] = np.concatenate(xs, axis=0)
+  out["manifest"] = m
+  return out
+
+
+# -----------------------------------------------------------------------------
+# The pipeline stage.
+# -----------------------------------------------------------------------------
+
+
+def label_config(config) -> LabelConfig:
+  lc = config.label
+  return LabelConfig(
+      n_cov=lc.n_cov, n_mc=lc.n_mc, max_new_tokens=config.sample.max_new_tokens,
+      max_step_tokens=lc.max_step_tokens, max_steps=lc.max_steps,
+      prompts_per_chunk=lc.prompts_per_chunk, mode=lc.mode)
+
+
+def stage_identity(config, workdir: Path, setup, prover_path: str) -> dict:
+  tok = setup.tok
+  return {
+      "tokenizer_sha256": tokenizer_sha256(tok), "step_id": tok.step_id,
+      "eos_id": tok.eos_id, "pad_id": tok.pad_id, "bos_id": tok.bos_id,
+      "policy_checkpoint": str((workdir / "sft" / "params").absolute()),
+      "prover": {"bok_k": int(config.search.prover_k) if "prover_k" in config.search else 4,
+                 "checkpoint": prover_path},
+      "task": config.task.name, "seed": config.seed,
+  }
+
+
+def run_label(config, workdir: Path, mesh) -> dict:
+  """Stage "label": train and eval labelled sets under <workdir>/label/."""
+  from pav_jax import train_policy  # stage layer
+  from pav_jax import transformer
+  setup = train_policy.make_setup(config, workdir, mesh)
+  graphdef, params = train_policy.load_policy(workdir, setup)
+  lc = config.label
+  sampler = sampler_lib.Sampler(
+      graphdef, setup.model_cfg, cache_size=lc.cache_size,
+      eos_id=setup.tok.eos_id, step_id=setup.tok.step_id, pad_id=setup.tok.pad_id,
+      sampling=train_policy.make_sampler(setup, graphdef, config).sampling)
+  prover = None
+  if lc.prover_checkpoint:
+    _, abstract = transformer.abstract_params(setup.model_cfg)
+    from pav_jax import checkpoint as ckpt_lib
+    prover = Prover(sampler, ckpt_lib.load_params(lc.prover_checkpoint, abstract))
+  cfg = label_config(config)
+  identity = stage_identity(config, workdir, setup, lc.prover_checkpoint)
+  summary, md = {}, ["| split | prompts | rollouts | prefixes | sampled tok | "
+                     "prefilled tok | MC rollouts | mean Q̂(s_1) | outcome | s |",
+                     "|---|---|---|---|---|---|---|---|---|---|"]
+  for split, task_split, num, seed in (
+      ("train", "train", lc.num_prompts, config.seed + 11),
+      ("eval", "test", lc.num_eval_prompts, config.seed + 13)):
+    exs = setup.task.examples(task_split, num, seed=seed)
+    prompts = [setup.tok.encode(setup.task.prompt(ex), bos=True) for ex in exs]
+    grade = lambda i, ids, exs=exs: setup.task.grade(exs[i], setup.tok.decode(ids))
+    t0 = time.time()
+    m = label_dataset(workdir / "label" / split, sampler, params, prompts, grade,
+                      jax.random.key(seed), cfg, dict(identity, split=split),
+                      prover, config.to_dict())
+    data = load_labelled(workdir / "label" / split)
+    b = m["budget"]
+    summary[split] = {"counts": m["counts"], "budget": b,
+                      "mean_v1": float(data["q_NP"][:, 0].mean()),
+                      "outcome": float(data["outcome_N"].mean()),
+                      "seconds": time.time() - t0}
+    print(f"label/{split}: {m['counts']} budget {b}")
+    md.append(f"| {split} | {m['counts']['prompts']} | {m['counts']['rollouts']} | "
+              f"{m['counts']['prefixes']} | {b['sampled_tokens']} | "
+              f"{b['prefilled_tokens']} | {b['mc_rollouts']} | "
+              f"{summary[split]['mean_v1']:.3f} | {summary[split]['outcome']:.3f} | "
+              f"{summary[split]['seconds']:.0f} |")
+  summary["report_md"] = (
+      f"MC labels: n_cov={cfg.n_cov}, n_mc={cfg.n_mc}, mode={cfg.mode} "
+      "(continuations fork each prefix's KV cache).\n\n" + "\n".join(md))
+  return summary

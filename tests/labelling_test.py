@@ -1,0 +1,256 @@
+"""Tests of pav_jax.labelling: MC labels vs exact DP, fork == re-prefill,
+resume, and refusal of corrupt or mismatched labelled sets."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pav_jax import advantages
+from pav_jax import config as config_lib
+from pav_jax import labelling
+from pav_jax import sampler as sampler_lib
+from pav_jax import transformer
+from pav_jax.didactic import env as env_lib
+
+PAD, BOS, EOS, STEP, SYM0 = 0, 1, 2, 4, 5
+
+
+# A sampler-compatible "LM" whose next-token law is the didactic prover
+# mu_gamma exactly: each env action is a step "<symbol>\n" (the env's EOS
+# action is the real EOS, and after `length` symbols the step ends with EOS).
+# Its automaton state lives in the KV cache, so the real Sampler, fork and
+# select_rows drive it unchanged.
+
+
+def automaton_lm(env: env_lib.Env, gamma: float):
+  k_states, el = env.n_states, env.length
+  delta = env_lib.transition_table(env)
+  probs = env_lib.prover_probs(env, gamma)
+  vocab = SYM0 + env.vocab - 1
+  n_z = k_states * (el + 1) * 2
+  enc = lambda k, h, w: k + k_states * (h + (el + 1) * w)
+  nxt = np.zeros((n_z, vocab), np.int32)
+  logits = np.full((n_z, vocab), -1e9, np.float32)
+  for k in range(k_states):
+    for h in range(el + 1):
+      for w in (0, 1):
+        z = enc(k, h, w)
+        nxt[z] = z
+        nxt[z, STEP] = enc(k, h, 0)
+        for a in range(env.vocab - 1):
+          nxt[z, SYM0 + a] = enc(delta[k, a], min(h + 1, el), 1)
+        if w:
+          logits[z, EOS if h == el else STEP] = 0.0
+        else:
+          logits[z, SYM0:] = np.log(probs[k, :-1])
+          logits[z, EOS] = np.log(probs[k, -1])
+
+  class AutomatonLM(nnx.Module):
+    NEXT, LOGITS = nxt, logits
+
+    def __init__(self):
+      self.dummy = nnx.Param(jnp.zeros((), jnp.float32))
+
+    def __call__(self, tokens_BT, pos_BT, valid_BT, cache=None):
+      b = tokens_BT.shape[0]
+      nxt_ZV, logits_ZV = jnp.asarray(self.NEXT), jnp.asarray(self.LOGITS)
+      z0_B = jnp.zeros((b,), jnp.int32)
+      if cache is not None:
+        pos_BS = cache["pos"]
+        zs_BS = cache["layers"]["layer_0"]["k"][:, :, 0, 0].astype(jnp.int32)
+        last_B = jnp.argmax(pos_BS, axis=1)
+        z0_B = jnp.where(jnp.any(pos_BS >= 0, axis=1),
+                         jnp.take_along_axis(zs_BS, last_B[:, None], 1)[:, 0], 0)
+
+      def body(z_B, xs):
+        tok_B, ok_B = xs
+        z_B = jnp.where(ok_B, nxt_ZV[z_B, tok_B], z_B)
+        return z_B, z_B
+
+      _, z_TB = jax.lax.scan(body, z0_B, (tokens_BT.T, valid_BT.T))
+      z_BT = z_TB.T
+      out_BTV = logits_ZV[z_BT] + 0.0 * self.dummy[...]
+      if cache is None:
+        return out_BTV, None
+      index = cache["index"]
+      kpos_BT = jnp.where(valid_BT, pos_BT, -1).astype(jnp.int32)
+      zero = jnp.zeros((), jnp.int32)
+      k_BSKH = cache["layers"]["layer_0"]["k"]
+      upd_BTKH = jnp.broadcast_to(z_BT.astype(k_BSKH.dtype)[:, :, None, None],
+                                  z_BT.shape + k_BSKH.shape[2:])
+      new = {
+          "pos": jax.lax.dynamic_update_slice(cache["pos"], kpos_BT, (zero, index)),
+          "index": index + tokens_BT.shape[1],
+          "layers": {"layer_0": {
+              "k": jax.lax.dynamic_update_slice(k_BSKH, upd_BTKH, (zero, index, zero, zero)),
+              "v": cache["layers"]["layer_0"]["v"]}},
+      }
+      return out_BTV, new
+
+  cfg = config_lib.ModelConfig.tiny(vocab_size=vocab).replace(
+      num_layers=1, num_heads=1, num_kv_heads=1, head_dim=2, embed_dim=2)
+  graphdef, params = transformer.split(AutomatonLM())
+  return graphdef, params, cfg
+
+
+def _env_symbols(env, resp):
+  return [t - SYM0 for t in resp if t >= SYM0]
+
+
+def _grade_env(env):
+  target = list(env.target)
+
+  def grade(i, resp):
+    del i
+    s = _env_symbols(env, resp)
+    return float(any(s[j:j + len(target)] == target for j in range(len(s))))
+
+  return grade
+
+
+def test_mc_labels_match_exact_dp_values_for_pi_and_checkpoint_prover():
+  env = env_lib.Env(target=(1, 2, 0), length=6, vocab=5)
+  g_pi, g_mu = 1.5, 4.0
+  gd, params, cfg = automaton_lm(env, g_pi)
+  gd_mu, params_mu, _ = automaton_lm(env, g_mu)
+  mk = lambda g: sampler_lib.Sampler(g, cfg, cache_size=64, eos_id=EOS,
+                                     step_id=STEP, pad_id=PAD)
+  lc = labelling.LabelConfig(n_cov=4, n_mc=48, max_new_tokens=2 * env.length,
+                             max_step_tokens=2, max_steps=env.length,
+                             prompts_per_chunk=16)
+  prover = labelling.Prover(mk(gd_mu), params_mu)
+  arr, budget = labelling.label_chunk(mk(gd), params, [[BOS, STEP]] * 16,
+                                      _grade_env(env), jax.random.key(0), lc,
+                                      prover)
+  assert budget.cache_full == 0 and budget.mc_rollouts > 0
+  delta = env_lib.transition_table(env)
+  for q_key, gamma in (("q_NP", g_pi), ("q_mu_NP", g_mu)):
+    v_KR = env_lib.prover_values(env, gamma).v_KR
+    errs, groups = [], {}
+    for r in range(len(arr["tokens_NT"])):
+      resp = arr["tokens_NT"][r, 2:2 + arr["response_len_N"][r]].tolist()
+      syms, k = _env_symbols(env, resp), 0
+      for h in range(arr["num_prefixes_N"][r]):
+        if h > 0:
+          k = delta[k, syms[h - 1]] if h - 1 < len(syms) else k
+        q, n = arr[q_key][r, h], arr["count_NP"][r, h]
+        if n == 0:  # EOS-closed prefix: the outcome, exactly.
+          assert q == arr["outcome_N"][r]
+          continue
+        true = v_KR[k, env.length - h]
+        errs.append(abs(q - true) > advantages.binomial_ci(true, n))
+        groups.setdefault((k, h), []).append(q)
+    # 99.9% per-prefix intervals: allow 1% misses, and pooled means per
+    # (automaton state, step) must sit inside their pooled intervals.
+    assert len(errs) > 150
+    assert np.mean(errs) <= 0.01, (q_key, np.mean(errs))
+    for (k, h), qs in groups.items():
+      true = v_KR[k, env.length - h]
+      assert abs(np.mean(qs) - true) <= advantages.binomial_ci(
+          true, lc.n_mc * len(qs)) + 1e-9 or len(qs) < 4, (q_key, k, h)
+
+
+def _tiny_lm(vocab=8):
+  cfg = config_lib.ModelConfig.tiny(vocab_size=vocab).replace(
+      num_layers=1, embed_dim=32, hidden_dim=64, num_heads=2, num_kv_heads=1,
+      head_dim=16, sliding_window=None)
+  graphdef, params = transformer.split(transformer.create(cfg, seed=3))
+  return graphdef, params, cfg
+
+
+def _grade_sum(i, resp):
+  return float((sum(resp) + i) % 3 == 0)
+
+
+def test_forked_labels_equal_reprefilled_labels():
+  gd, params, cfg = _tiny_lm()
+  s = sampler_lib.Sampler(gd, cfg, cache_size=96, eos_id=EOS, step_id=STEP,
+                          pad_id=PAD)
+  prompts = [[BOS, 6, 7, STEP], [BOS, 5, STEP], [BOS, 7, 7, 6, STEP]]
+  base = dict(n_cov=2, n_mc=4, max_new_tokens=16, max_step_tokens=8,
+              max_steps=4, prompts_per_chunk=4)
+  a_f, b_f = labelling.label_chunk(
+      s, params, prompts, _grade_sum, jax.random.key(1),
+      labelling.LabelConfig(mode="fork", **base))
+  a_r, b_r = labelling.label_chunk(
+      s, params, prompts, _grade_sum, jax.random.key(1),
+      labelling.LabelConfig(mode="reprefill", **base))
+  assert a_f["mask_NP"].sum() > len(a_f["mask_NP"])  # several steps labelled
+  for k in a_f:
+    np.testing.assert_array_equal(a_f[k], a_r[k], err_msg=k)
+  assert b_f.sampled_tokens == b_r.sampled_tokens
+  assert b_f.prefilled_tokens < b_r.prefilled_tokens
+
+
+def test_pure_prover_math():
+  q_NP = jnp.array([[0.2, 0.5, 0.0, 1.0], [0.4, 0.4, 0.9, 0.0]])
+  m_NP = jnp.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool)
+  a = labelling.prover_advantages(q_NP, m_NP)
+  np.testing.assert_allclose(a, [[0, 0.3, -0.5, 1.0], [0, 0.0, 0.5, 0]], atol=1e-6)
+  a4 = labelling.prover_advantages(q_NP, m_NP, k=4)
+  bq = 1 - (1 - np.asarray(q_NP)) ** 4
+  np.testing.assert_allclose(a4[0, 1:], np.diff(bq[0]), atol=1e-6)
+  np.testing.assert_allclose(labelling.effective_rewards(q_NP, a, m_NP, 0.5)[1],
+                             [0.4, 0.4, 1.15, 0.0], atol=1e-6)
+  w = labelling.class_balance_weights(q_NP, m_NP)
+  hi = (np.asarray(q_NP) >= 0.5) & np.asarray(m_NP)
+  assert np.isclose(w[hi].sum(), w[~hi & np.asarray(m_NP)].sum())
+  pit, keep = labelling.first_pit(q_NP, m_NP, high=0.5)
+  np.testing.assert_array_equal(pit, [2, -1])
+  np.testing.assert_array_equal(keep[0], [1, 1, 1, 0])
+  zeros = [0.3, 0.2, 0.1, 0.0, 0.0, 0.0]
+  assert labelling.bisect_first_zero(lambda h: zeros[h] == 0, 0, 5) == 3
+
+
+def _run(tmp, s, params, prompts, lc, identity, **kw):
+  return labelling.label_dataset(tmp, s, params, prompts, _grade_sum,
+                                 jax.random.key(5), lc, identity, **kw)
+
+
+def test_resume_and_refuse_mismatched_or_corrupt_sets(tmp_path):
+  gd, params, cfg = _tiny_lm()
+  s = sampler_lib.Sampler(gd, cfg, cache_size=96, eos_id=EOS, step_id=STEP,
+                          pad_id=PAD)
+  prompts = [[BOS, 5 + i % 3, STEP] for i in range(6)]
+  lc = labelling.LabelConfig(n_cov=2, n_mc=2, max_new_tokens=12,
+                             max_step_tokens=6, max_steps=3, prompts_per_chunk=2)
+  ident = {"tokenizer_sha256": "abc", "step_id": STEP, "eos_id": EOS, "pad_id": PAD}
+  full = _run(tmp_path / "full", s, params, prompts, lc, ident)
+  assert full["complete"] and full["counts"]["rollouts"] == 12
+  part = _run(tmp_path / "part", s, params, prompts, lc, ident, max_chunks=1)
+  assert not part["complete"] and len(part["shards"]) == 1
+  with pytest.raises(labelling.LabelledSetError, match="incomplete"):
+    labelling.load_labelled(tmp_path / "part")
+  mtime = (tmp_path / "part" / "shard_00000.npz").stat().st_mtime_ns
+  done = _run(tmp_path / "part", s, params, prompts, lc, ident)
+  assert done["complete"]
+  assert (tmp_path / "part" / "shard_00000.npz").stat().st_mtime_ns == mtime
+  a, b = labelling.load_labelled(tmp_path / "full"), labelling.load_labelled(tmp_path / "part")
+  for k in a:
+    if k != "manifest":
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert done["budget"]["sampled_tokens"] == full["budget"]["sampled_tokens"]
+  # Mismatches: another step delimiter / tokenizer.
+  with pytest.raises(labelling.LabelledSetError, match="step_id"):
+    _run(tmp_path / "full", s, params, prompts, lc, dict(ident, step_id=9))
+  with pytest.raises(labelling.LabelledSetError, match="tokenizer_sha256"):
+    labelling.load_labelled(tmp_path / "full", expect={"tokenizer_sha256": "zzz"})
+  # Corruption: a flipped shard byte, a broken manifest.
+  shard = tmp_path / "full" / "shard_00001.npz"
+  data = bytearray(shard.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  shard.write_bytes(bytes(data))
+  with pytest.raises(labelling.LabelledSetError, match="corrupt"):
+    labelling.load_labelled(tmp_path / "full")
+  (tmp_path / "part" / "manifest.json").write_text("{not json")
+  with pytest.raises(labelling.LabelledSetError, match="not valid JSON"):
+    labelling.load_labelled(tmp_path / "part")
+  m = json.loads((tmp_path / "full" / "manifest.json").read_text())
+  m["version"] = 99
+  (tmp_path / "full" / "manifest.json").write_text(json.dumps(m))
+  with pytest.raises(labelling.LabelledSetError, match="v99"):
+    labelling.load_labelled(tmp_path / "full")
