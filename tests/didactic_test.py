@@ -204,11 +204,15 @@ def _enumerate_q_pi(graphdef, params, env, tokens_L, h) -> float:
       if any(x != env.eos for x in tail[i:]):
         continue
     seqs.append(pre + tail)
+  # Pad to one fixed row count (zero weight) so log_probs compiles once.
+  n_real = len(seqs)
+  seqs += [seqs[0]] * (env.vocab ** (env.length - 1) - n_real)
   seqs = jnp.asarray(seqs, jnp.int32)
+  real_B = jnp.arange(seqs.shape[0]) < n_real
   logp_BL, _ = _jit_log_probs(graphdef, params, seqs)
   mask_BL = env_lib.alive_mask(env, seqs)
   pos = jnp.arange(env.length)[None, :] > h
-  p_B = jnp.exp(jnp.sum(jnp.where(pos, logp_BL * mask_BL, 0.0), 1))
+  p_B = jnp.exp(jnp.sum(jnp.where(pos, logp_BL * mask_BL, 0.0), 1)) * real_B
   assert abs(float(jnp.sum(p_B)) - 1.0) < 1e-4
   return float(jnp.sum(p_B * env_lib.reward(env, seqs)))
 

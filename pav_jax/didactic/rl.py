@@ -92,9 +92,12 @@ def run_sft(
     tx: optax.GradientTransformation,
     batch_size: int,
     n_iters: int,
+    it0: int | jax.Array = 0,
 ) -> tuple[TrainState, jax.Array]:
-  """n_iters steps over shuffled mini-batches of data_NL (an epoch at a time).
+  """Steps it0 .. it0 + n_iters - 1 over shuffled mini-batches of data_NL.
 
+  Epoch e uses the permutation fold_in(rng, e), so calling this in chunks
+  (it0 = 0, n, 2n, ...) gives exactly the same parameters as one call.
   Pure; vmap over seeds. Returns the final state and the NLL of every step.
   """
   n = data_NL.shape[0]
@@ -108,7 +111,7 @@ def run_sft(
     state, m = sft_step(graphdef, state, data_NL[idx], rng, env=env, tx=tx)
     return state, m["nll"]
 
-  return jax.lax.scan(body, state, jnp.arange(n_iters))
+  return jax.lax.scan(body, state, it0 + jnp.arange(n_iters))
 
 
 # ----------------------------------------------------------------------------

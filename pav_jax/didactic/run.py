@@ -328,7 +328,8 @@ def _plot(cfg, workdir, specs, gammas, acc_TPE, pass_at, theo, mc, results):
   axs[0].errorbar(g, avg[1:].mean(-1), yerr=avg[1:].std(-1), fmt="o-",
                   color="C3", capsize=3, label="Effective reward (alpha=1)")
   for e in range(avg.shape[1]):
-    axs[0].scatter(g + 0.15 * (e - 1), avg[1:, e], s=8, color="k",
+    jit = 1.0 + 0.012 * (e - (avg.shape[1] - 1) / 2)  # Log-axis jitter.
+    axs[0].scatter(g * jit, avg[1:, e], s=8, color="k",
                    alpha=0.5, label="single seeds" if e == 0 else None)
   axs[0].set_xscale("log")
   q = avg[0]
@@ -337,7 +338,8 @@ def _plot(cfg, workdir, specs, gammas, acc_TPE, pass_at, theo, mc, results):
   axs[0].axhline(np.mean(results["sft_accuracy"]), color="gray", ls=":",
                  label="SFT init")
   axs[0].set(xlabel="prover gamma", ylabel="accuracy averaged over RL run",
-             title=f"(b) {cfg.rl.iters} RL iterations")
+             title=f"(b) {cfg.rl.iters} RL it., {cfg.sft.iters} SFT it., "
+             f"{avg.shape[1]} seeds")
   axs[0].legend(fontsize=7)
   for ax, key, title in ((axs[1], "disting", "distinguishability\n"
                           "E_s Var_pi[A^mu] (SFT policy)"),
