@@ -85,12 +85,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.label.num_prompts = 256
   c.label.n_cov = 4  # seed rollouts per prompt
   c.label.n_mc = 8  # continuations per step-boundary prefix
+  c.label.num_eval_prompts = 64  # held-out (test split) labelled set
+  c.label.max_step_tokens = 32  # a longer seed step is truncated
+  c.label.max_steps = 12  # most steps of a seed rollout
+  c.label.prompts_per_chunk = 32  # one resumable shard per chunk
+  c.label.mode = "fork"  # "fork" prefix caches or "reprefill" (baseline)
+  c.label.cache_size = 256  # KV slots: prompt bucket + seed steps + response
+  c.label.prover_checkpoint = ""  # params dir of a checkpoint prover mu
 
   # --- Verifiers: ORM, PRM-Q, PAV (train_verifier.py) ---
   c.verifier = ml_collections.ConfigDict()
   c.verifier.steps = 300
   c.verifier.batch_size = 32
   c.verifier.learning_rate = 1e-3
+  c.verifier.a_direct = False  # also regress A^mu directly (beyond paper)
 
   # --- Search: best-of-N and step-level beam search (search.py) ---
   c.search = ml_collections.ConfigDict()

@@ -272,24 +272,33 @@ def _continue(sampler, params, state, rows_A, resp_A, prompt_A, keys,
 
 
 def _continue_prefilled(sampler, params, prefixes_A, resp_A, prompt_A, keys,
-                        grade, cfg, budget, *, repeat: bool) -> np.ndarray:
+                        grade, cfg, total_rows, budget, *,
+                        repeat: bool) -> np.ndarray:
   """MC successes by prefilling each prefix once (repeat=False, then fork)
-  or n_mc times (repeat=True: the no-fork baseline)."""
-  n_mc = cfg.n_mc
+  or n_mc times (repeat=True: the no-fork baseline).
+
+  Rows are padded like `_continue` (finished pad rows) so shapes stay static.
+  """
+  n_mc, a = cfg.n_mc, len(prefixes_A)
+  g = _bucket_rows(a, total_rows, cfg.row_buckets)
+  padded = list(prefixes_A) + [prefixes_A[0]] * (g - a)
+  keys = jnp.concatenate([keys, jnp.repeat(keys[:1], (g - a) * n_mc, axis=0)], axis=0)
+  pad_B = jnp.asarray(np.repeat(np.arange(g) >= a, n_mc))
   if repeat:
-    rows = [p for p in prefixes_A for _ in range(n_mc)]
+    rows = [p for p in padded for _ in range(n_mc)]
     state = sampler.prefill(params, rows, None, key_B=keys)
-    budget.prefilled_tokens += sampler_lib.prefilled_tokens(rows)
+    budget.prefilled_tokens += sampler_lib.prefilled_tokens(rows[: a * n_mc])
   else:
-    state = sampler.prefill(params, list(prefixes_A), None,
-                            key_B=keys[::n_mc])
-    state = sampler_lib.fork(state, n_mc, key_B=keys)
+    state = sampler.prefill(params, padded, None, key_B=keys[::n_mc])
+    state = _owned(sampler_lib.fork(state, n_mc, key_B=keys))
     budget.prefilled_tokens += sampler_lib.prefilled_tokens(prefixes_A)
+  state = state.replace(finished_B=state.finished_B | pad_B)
   out = sampler.decode(params, state, cfg.max_new_tokens)
   toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
-  budget.sampled_tokens += int(lens.sum())
-  budget.mc_rollouts += len(prefixes_A) * n_mc
-  budget.cache_full += int((stops == sampler_lib.CACHE_FULL).sum())
+  n_real = a * n_mc
+  budget.sampled_tokens += int(lens[:n_real].sum())
+  budget.mc_rollouts += n_real
+  budget.cache_full += int((stops[:n_real] == sampler_lib.CACHE_FULL).sum())
   return _grade_continuations(toks, lens, resp_A, prompt_A, n_mc, grade, cfg,
                               sampler.eos_id)
 
@@ -359,12 +368,13 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
                        grade, cfg, r_total, budget)
     else:
       succ = _continue_prefilled(sampler, params, prefixes, resp_A, prompt_A,
-                                 keys, grade, cfg, budget, repeat=True)
+                                 keys, grade, cfg, r_total, budget, repeat=True)
     succ_mu = None
     if prover is not None:
       succ_mu = _continue_prefilled(
           prover.sampler, prover.params, prefixes, resp_A, prompt_A,
-          _mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, budget, repeat=False)
+          _mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, r_total, budget,
+          repeat=False)
     return succ, succ_mu
 
   # Prompts: prefilled once; s_1 labelled per prompt (copied to its seeds).

@@ -1,0 +1,357 @@
+"""Verifiers from MC labels: ORM, PRM-Q (Q^π), Q^μ, direct A^μ; evaluation.
+
+One trainer for every verifier (big_vision style: data, model, step, loop,
+export, eval). A verifier is `verifier.Verifier` (policy backbone + scalar
+head), scored at every step boundary in one teacher-forced pass. Kinds:
+
+  orm       BCE of the logit at the last boundary vs the outcome.
+  prm_q     BCE with soft targets Q̂^π at every boundary, class-balanced
+            (prefixes with Q̂ < 0.5 and Q̂ >= 0.5 weigh equally).
+  q_mu      as prm_q with Q̂^μ targets (a checkpoint prover).
+  a_direct  beyond the paper: tanh(logit) regresses A^{BoK(π)} (MSE).
+
+PAV = prm_q + the closed-form BoK advantage (or q_mu for a checkpoint
+prover): score Q̂^π + α·Â^μ. Writes `<workdir>/verifiers/<name>/` (checkpoints,
+metrics.jsonl, tb/, params/) and plots + eval.json under `<workdir>/verifiers/`.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pav_jax import checkpoint as ckpt_lib
+from pav_jax import labelling
+from pav_jax import losses
+from pav_jax import train_lib
+from pav_jax import transformer
+from pav_jax import verifier
+
+log = logging.getLogger(__name__)
+
+KINDS = ("orm", "prm_q", "q_mu", "a_direct")
+
+
+# Data ------------------------------------------------------------------------
+
+
+def valid_mask(data: dict) -> np.ndarray:
+  """Real tokens of each stored trajectory (prompt + response)."""
+  t = data["tokens_NT"].shape[1]
+  end_N = np.minimum(data["prompt_len_N"] + data["response_len_N"], t)
+  return np.arange(t)[None, :] < end_N[:, None]
+
+
+def training_arrays(data: dict, kind: str, prover_k: float = 4.0) -> dict:
+  """Per-row model inputs and per-prefix targets/masks/weights of a kind."""
+  mask_NP = data["mask_NP"].astype(bool)
+  p = mask_NP.shape[1]
+  if kind == "orm":
+    last_N = data["num_prefixes_N"] - 1
+    mask_NP = np.arange(p)[None, :] == last_N[:, None]
+    target_NP = np.broadcast_to(data["outcome_N"][:, None], mask_NP.shape)
+    weight_NP = np.asarray(labelling.class_balance_weights(
+        jnp.asarray(target_NP), jnp.asarray(mask_NP)))
+  elif kind in ("prm_q", "q_mu"):
+    key = "q_NP" if kind == "prm_q" else "q_mu_NP"
+    if key not in data:
+      raise ValueError(f"verifier {kind} needs {key}: label with a prover checkpoint")
+    target_NP = data[key]
+    weight_NP = np.asarray(labelling.class_balance_weights(
+        jnp.asarray(target_NP), jnp.asarray(mask_NP)))
+  elif kind == "a_direct":
+    target_NP = np.asarray(labelling.prover_advantages(
+        jnp.asarray(data["q_NP"]), jnp.asarray(mask_NP), k=prover_k))
+    mask_NP = mask_NP & (np.arange(p)[None, :] >= 1)
+    weight_NP = np.ones_like(target_NP)
+  else:
+    raise ValueError(f"unknown verifier kind {kind!r}; known: {KINDS}")
+  return {
+      "tokens": data["tokens_NT"].astype(np.int32),
+      "valid": valid_mask(data),
+      "prompt_len": data["prompt_len_N"].astype(np.int32),
+      "target": np.asarray(target_NP, np.float32),
+      "mask": np.asarray(mask_NP, bool),
+      "weight": np.asarray(weight_NP, np.float32),
+  }
+
+
+# Model and loss ----------------------------------------------------------------
+
+
+def boundary_logits(graphdef, params, tokens_BT, valid_BT, prompt_len_B, *,
+                    step_id: int, eos_id: int, num_prefixes: int):
+  """Raw head logits at every prefix boundary, one pass: (logit_BP, mask_BP)."""
+  pos_BT = transformer.positions_from_mask(valid_BT)
+  logit_BT, _ = verifier.score(graphdef, params, tokens_BT, pos_BT, valid_BT)
+  bnd_BT = verifier.boundary_mask(tokens_BT, valid_BT, prompt_len_B, step_id, eos_id)
+  return verifier.gather_boundaries(logit_BT, bnd_BT, num_prefixes)
+
+
+def make_loss(kind: str, *, step_id: int, eos_id: int, num_prefixes: int):
+  """loss_fn(graphdef, params, batch, rng) -> (loss, metrics) for train_lib."""
+
+  def loss_fn(graphdef, params, batch, rng):
+    del rng
+    logit_BP, seen_BP = boundary_logits(
+        graphdef, params, batch["tokens"], batch["valid"], batch["prompt_len"],
+        step_id=step_id, eos_id=eos_id, num_prefixes=num_prefixes)
+    mask_BP = batch["mask"] & seen_BP
+    if kind == "a_direct":
+      pred_BP = jnp.tanh(logit_BP)
+      loss = losses.masked_mean(
+          batch["weight"] * jnp.square(pred_BP - batch["target"]), mask_BP)
+    else:
+      pred_BP = jax.nn.sigmoid(logit_BP)
+      loss = losses.sigmoid_bce(logit_BP, batch["target"], mask_BP, batch["weight"])
+    mae = losses.masked_mean(jnp.abs(pred_BP - batch["target"]), mask_BP)
+    return loss, {"mae": mae, "prefixes": jnp.sum(mask_BP.astype(jnp.float32))}
+
+  return loss_fn
+
+
+def abstract_verifier(model_cfg):
+  graphdef, state = nnx.split(
+      nnx.eval_shape(lambda: verifier.create(model_cfg)), nnx.Param)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def load_verifier(workdir: Path, setup, name: str):
+  """(graphdef, params) of the verifier exported to <workdir>/verifiers/<name>."""
+  graphdef, abstract = abstract_verifier(setup.model_cfg)
+  return graphdef, ckpt_lib.load_params(
+      Path(workdir) / "verifiers" / name / "params", abstract)
+
+
+def train(*, stage_dir: Path, kind: str, arrays: dict, model_cfg, mesh,
+          policy_params, steps: int, batch_size: int, learning_rate: float,
+          step_id: int, eos_id: int, seed: int = 0, ckpt_every: int = 100,
+          log_every: int = 25, config_dict: dict | None = None):
+  """Trains one verifier (resuming from stage_dir); returns (graphdef, params)."""
+  from pav_jax import train_policy  # deterministic batch order
+  tx = train_lib.make_optimizer(train_lib.OptimConfig(
+      learning_rate=learning_rate, warmup_steps=max(steps // 10, 1),
+      total_steps=steps))
+  state, shardings, graphdef = train_lib.init_state(
+      lambda: verifier.create(model_cfg, seed=seed), tx, mesh, seed)
+  if policy_params is not None:
+    state["params"] = jax.device_put(
+        verifier.params_from_policy(policy_params, model_cfg), shardings["params"])
+  loss_fn = make_loss(kind, step_id=step_id, eos_id=eos_id,
+                      num_prefixes=arrays["mask"].shape[1])
+  step_fn = train_lib.make_train_step(graphdef, loss_fn, tx, shardings, mesh)
+  state = train_lib.fit(
+      stage_dir=stage_dir, state=state, state_shardings=shardings,
+      train_step=step_fn, batch_fn=train_policy.batch_fn(arrays, batch_size, seed),
+      loop=train_lib.LoopConfig(num_steps=steps, ckpt_every=ckpt_every,
+                                log_every=log_every),
+      config_dict=config_dict, desc=f"verifier/{kind}")
+  return graphdef, state["params"]
+
+
+def predict(graphdef, params, arrays: dict, *, kind: str, step_id: int,
+            eos_id: int, batch_size: int = 64) -> np.ndarray:
+  """Per-prefix predictions: probability (sigmoid) or advantage (tanh)."""
+  p = arrays["mask"].shape[1]
+  fn = jax.jit(lambda prm, t, v, pl: boundary_logits(
+      graphdef, prm, t, v, pl, step_id=step_id, eos_id=eos_id, num_prefixes=p)[0])
+  n = len(arrays["tokens"])
+  out = []
+  for lo in range(0, n, batch_size):
+    idx = np.arange(lo, lo + batch_size) % n  # static batch shape
+    out.append(np.asarray(fn(params, arrays["tokens"][idx], arrays["valid"][idx],
+                             arrays["prompt_len"][idx]))[: min(batch_size, n - lo)])
+  logit_NP = np.concatenate(out)
+  return np.tanh(logit_NP) if kind == "a_direct" else 1 / (1 + np.exp(-logit_NP))
+
+
+# Evaluation (host numpy) --------------------------------------------------------
+
+
+def auroc(score: np.ndarray, label: np.ndarray) -> float:
+  """Area under the ROC curve (Mann-Whitney with tied ranks); nan if one class."""
+  label = np.asarray(label) > 0.5
+  n1, n0 = label.sum(), (~label).sum()
+  if n1 == 0 or n0 == 0:
+    return float("nan")
+  order = np.argsort(score, kind="mergesort")
+  ranks = np.empty(len(score))
+  s = np.asarray(score)[order]
+  i = 0
+  while i < len(s):
+    j = i
+    while j + 1 < len(s) and s[j + 1] == s[i]:
+      j += 1
+    ranks[order[i:j + 1]] = (i + j) / 2 + 1
+    i = j + 1
+  return float((ranks[label].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def calibration(pred: np.ndarray, target: np.ndarray, bins: int = 10):
+  """(bin centres, mean pred, mean target, counts, ECE) of a reliability plot."""
+  edges = np.linspace(0, 1, bins + 1)
+  b = np.clip(np.digitize(pred, edges) - 1, 0, bins - 1)
+  cnt = np.bincount(b, minlength=bins)
+  mp = np.bincount(b, pred, bins) / np.maximum(cnt, 1)
+  mt = np.bincount(b, target, bins) / np.maximum(cnt, 1)
+  ece = float(np.sum(cnt * np.abs(mp - mt)) / max(cnt.sum(), 1))
+  return (edges[:-1] + edges[1:]) / 2, mp, mt, cnt, ece
+
+
+def best_threshold_error(score_val, y_val, score_test, y_test) -> float:
+  """Test error of `score >= thr`, thr tuned on the validation split."""
+  if len(score_val) == 0 or len(score_test) == 0:
+    return float("nan")
+  u = np.unique(score_val)
+  cands = np.concatenate([[-np.inf, np.inf], (u[1:] + u[:-1]) / 2])
+  errs = [np.mean((score_val >= c) != (y_val > 0.5)) for c in cands]
+  thr = cands[int(np.argmin(errs))]
+  return float(np.mean((score_test >= thr) != (y_test > 0.5)))
+
+
+def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
+             out_dir: Path) -> tuple[dict, str]:
+  """Calibration, per-step AUROC, advantage correlation, Fig. 10; plots + md."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  mask = data["mask_NP"].astype(bool)
+  mc = mask & (data["count_NP"] > 0)
+  y = data["outcome_N"]
+  p = mask.shape[1]
+  q_pi = preds["prm_q"]
+  a_mu = np.asarray(labelling.prover_advantages(
+      jnp.asarray(q_pi), jnp.asarray(mask), k=prover_k))
+  pav = q_pi + alpha * a_mu
+  if "q_mu" in preds:
+    a_mu = np.asarray(labelling.prover_advantages(
+        jnp.asarray(q_pi), jnp.asarray(mask), q_mu_NP=jnp.asarray(preds["q_mu"])))
+    pav = q_pi + alpha * a_mu
+  a_mc = np.asarray(labelling.prover_advantages(
+      jnp.asarray(data["q_NP"]), jnp.asarray(mask), k=prover_k))
+  has_steps = min(p, int(data["num_prefixes_N"].max()))
+  scores = {"orm": preds["orm"], "prm_q": q_pi, "pav": pav}
+  if "a_direct" in preds:
+    scores["pav_direct"] = q_pi + alpha * preds["a_direct"]
+  metrics = {"auroc": {k: [] for k in scores}, "ece_by_step": [],
+             "fig10": {"pqv": [], "pav": []}, "rows": int(len(y))}
+  val = data["prompt_index_N"] % 2 == 0
+  for h in range(has_steps):
+    m = mask[:, h]
+    for k, s in scores.items():
+      metrics["auroc"][k].append(auroc(s[m, h], y[m]))
+    metrics["ece_by_step"].append(calibration(q_pi[mc[:, h], h],
+                                              data["q_NP"][mc[:, h], h])[4]
+                                  if mc[:, h].any() else float("nan"))
+    for name, s in (("pqv", q_pi), ("pav", pav)):
+      mv, mt = m & val, m & ~val
+      metrics["fig10"][name].append(best_threshold_error(s[mv, h], y[mv], s[mt, h], y[mt]))
+  _, mp, mt, cnt, ece = calibration(q_pi[mc], data["q_NP"][mc])
+  metrics["ece"] = ece
+  step_m = mc & (np.arange(p)[None, :] >= 1)
+  step_m &= np.concatenate([np.zeros_like(mc[:, :1]), mc[:, :-1]], axis=1) | ~mc
+  metrics["adv_corr"] = float(np.corrcoef(a_mu[step_m], a_mc[step_m])[0, 1]) if step_m.sum() > 2 else float("nan")
+  if "a_direct" in preds:
+    metrics["adv_corr_direct"] = float(np.corrcoef(preds["a_direct"][step_m], a_mc[step_m])[0, 1]) if step_m.sum() > 2 else float("nan")
+  metrics["outcome_auroc_last"] = {
+      k: auroc(s[np.arange(len(y)), data["num_prefixes_N"] - 1], y) for k, s in scores.items()}
+
+  out_dir.mkdir(parents=True, exist_ok=True)
+  fig, ax = plt.subplots(figsize=(4, 4))
+  ax.plot([0, 1], [0, 1], "k:", lw=1)
+  ok = cnt > 0
+  ax.plot(mp[ok], mt[ok], "o-", label=f"PRM-Q (ECE {ece:.3f})")
+  ax.set(xlabel="predicted Q^π", ylabel="MC Q̂^π", title="Per-step calibration")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out_dir / "calibration.png", dpi=100)
+  plt.close(fig)
+  fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
+  hs = np.arange(has_steps)
+  for k, v in metrics["auroc"].items():
+    axs[0].plot(hs, v, "o-", label=k)
+  axs[0].set(xlabel="prefix index h (0 = question)", ylabel="AUROC vs outcome",
+             title="Ranking quality per step")
+  axs[0].legend()
+  axs[1].plot(hs, metrics["fig10"]["pqv"], "o-", label="Q̂^π")
+  axs[1].plot(hs, metrics["fig10"]["pav"], "s-", label=f"Q̂^π + {alpha}·Â^μ")
+  axs[1].set(xlabel="prefix index h", ylabel="outcome-prediction error",
+             title="Fig. 10 analogue (test split)")
+  axs[1].legend()
+  fig.tight_layout()
+  fig.savefig(out_dir / "ranking_fig10.png", dpi=100)
+  plt.close(fig)
+
+  fmt = lambda v: "—" if not np.isfinite(v) else f"{v:.3f}"
+  md = ["| h | n | " + " | ".join(f"AUROC {k}" for k in scores)
+        + " | ECE PRM-Q | err Q̂^π | err PAV |",
+        "|---" * (len(scores) + 5) + "|"]
+  for h in range(has_steps):
+    md.append(f"| {h} | {int(mask[:, h].sum())} | "
+              + " | ".join(fmt(metrics["auroc"][k][h]) for k in scores)
+              + f" | {fmt(metrics['ece_by_step'][h])} | "
+              f"{fmt(metrics['fig10']['pqv'][h])} | {fmt(metrics['fig10']['pav'][h])} |")
+  md.append("")
+  md.append(f"Overall ECE of PRM-Q vs MC Q̂^π: {ece:.3f}. Correlation of predicted "
+            f"vs MC A^μ (BoK K={prover_k:g}): {metrics['adv_corr']:.3f}"
+            + (f"; direct A^μ head: {metrics['adv_corr_direct']:.3f}"
+               if "adv_corr_direct" in metrics else "") + ".")
+  md.append("")
+  md.append("![calibration](verifiers/calibration.png) "
+            "![ranking](verifiers/ranking_fig10.png)")
+  return metrics, "\n".join(md)
+
+
+# The stage -------------------------------------------------------------------------
+
+
+def run_verifiers(config, workdir: Path, mesh) -> dict:
+  """Stage "verifiers": train ORM, PRM-Q (+Q^μ, A-direct), export, evaluate."""
+  from pav_jax import train_policy  # stage layer
+  t0 = time.time()
+  workdir = Path(workdir)
+  setup = train_policy.make_setup(config, workdir, mesh)
+  _, policy_params = train_policy.load_policy(workdir, setup)
+  tok = setup.tok
+  expect = {"tokenizer_sha256": labelling.tokenizer_sha256(tok),
+            "step_id": tok.step_id, "eos_id": tok.eos_id}
+  train_data = labelling.load_labelled(workdir / "label" / "train", expect)
+  eval_data = labelling.load_labelled(workdir / "label" / "eval", expect)
+  vc = config.verifier
+  k, alpha = float(config.search.prover_k), float(config.search.alpha)
+  kinds = ["orm", "prm_q"]
+  if "q_mu_NP" in train_data:
+    kinds.append("q_mu")
+  if vc.a_direct:
+    kinds.append("a_direct")
+  out_dir = workdir / "verifiers"
+  preds, summary = {}, {"kinds": kinds}
+  for kind in kinds:
+    arrays = training_arrays(train_data, kind, k)
+    graphdef, params = train(
+        stage_dir=out_dir / kind, kind=kind, arrays=arrays,
+        model_cfg=setup.model_cfg, mesh=mesh, policy_params=policy_params,
+        steps=vc.steps, batch_size=vc.batch_size, learning_rate=vc.learning_rate,
+        step_id=tok.step_id, eos_id=tok.eos_id, seed=config.seed,
+        config_dict=config.to_dict())
+    ckpt_lib.save_params(out_dir / kind / "params", params)
+    ev_arrays = training_arrays(eval_data, "prm_q" if kind == "q_mu" and "q_mu_NP" not in eval_data else kind, k)
+    preds[kind] = predict(graphdef, params, ev_arrays, kind=kind,
+                          step_id=tok.step_id, eos_id=tok.eos_id)
+  metrics, md = evaluate(preds, eval_data, alpha=alpha, prover_k=k, out_dir=out_dir)
+  summary.update(metrics, seconds=time.time() - t0,
+                 train_prefixes=int(train_data["mask_NP"].sum()),
+                 eval_rows=int(len(eval_data["outcome_N"])))
+  (out_dir / "eval.json").write_text(json.dumps(summary, indent=2, default=float))
+  summary["report_md"] = (
+      f"Verifiers ({', '.join(kinds)}), {vc.steps} steps each, evaluated on "
+      f"{summary['eval_rows']} held-out rollouts; PAV = Q̂^π + {alpha}·Â^μ with "
+      f"μ = Bo{k:g}(π) (Fig. 10 thresholds tuned per step on even prompts, "
+      "errors on odd ones).\n\n" + md)
+  return summary
