@@ -1,0 +1,261 @@
+"""Search tests: selection, aggregation, accounting and beam search."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pav_jax import advantages
+from pav_jax import config as config_lib
+from pav_jax import sampler as sampler_lib
+from pav_jax import search
+from pav_jax import transformer as tr
+from pav_jax import verifier
+
+EOS, STEP, PAD = 1, 2, 0
+CFG = config_lib.ModelConfig.tiny(vocab_size=48).replace(
+    num_layers=2, embed_dim=32, hidden_dim=64, head_dim=8, sliding_window=8)
+PROMPTS = [[3, 4, 5, STEP], [6, 7, 8, 9, 10, 11, STEP], [12, STEP],
+           [20, 21, 22, STEP]]
+
+
+def _policy(seed, step_mul, eos_mul):
+  graphdef, params = tr.split(tr.create(CFG, seed=seed))
+  params["embed_VD"] = (params["embed_VD"].at[STEP].mul(step_mul)
+                        .at[EOS].mul(eos_mul))
+  return graphdef, params
+
+
+def _sampler(graphdef, temperature, cache_size=160):
+  return sampler_lib.Sampler(
+      graphdef, CFG, cache_size=cache_size, eos_id=EOS, step_id=STEP,
+      pad_id=PAD, buckets=(8, 16),
+      sampling=sampler_lib.SamplingConfig(temperature=temperature))
+
+
+class TokenScorer:
+  """Scripted verifier: V = hi once a trace holds token `good`, else lo.
+
+  Same interface as `search.CachedVerifier`; its cache counts the tokens
+  it has read so tests can check the accounting.
+  """
+
+  def __init__(self, good, lo=0.2, hi=0.9):
+    self.good, self.lo, self.hi = good, lo, hi
+
+  def init_cache(self, batch, size):
+    del size
+    return {"seen_B": jnp.zeros((batch,), bool),
+            "read_B": jnp.zeros((batch,), jnp.int32)}
+
+  def extend(self, tokens_BW, length_B, pos0_B, cache):
+    del pos0_B
+    tokens_BW, length_B = jnp.asarray(tokens_BW), jnp.asarray(length_B)
+    valid_BW = jnp.arange(tokens_BW.shape[1])[None, :] < length_B[:, None]
+    seen_B = cache["seen_B"] | jnp.any(valid_BW & (tokens_BW == self.good), 1)
+    cache = {"seen_B": seen_B, "read_B": cache["read_B"] + length_B}
+    return jnp.where(seen_B, self.hi, self.lo), cache
+
+
+# Pure functions -----------------------------------------------------------------
+
+
+def test_fig2a_q_and_advantage_selection_differ():
+  """Paper Fig. 2a: beam 2, two states with 3 actions each."""
+  v_S = np.array([0.6, 0.3])
+  q_M = jnp.array([0.55, 0.50, 0.70, 0.50, 0.35, 0.25])
+  parent_M = jnp.asarray(np.repeat(v_S, 3))
+  ok = jnp.ones((1, 6), bool)
+  keep = jnp.array([2])
+  by_q = search.beam_scores(q_M, parent_M, mode="q", alpha=1.0, prover_k=1)
+  idx, kept = search.select_top(by_q[None], ok, keep, 2)
+  assert sorted(idx[0].tolist()) == [0, 2] and bool(kept.all())  # a11, a13
+  # PAV with mu = pi (K=1): Q + A; A = (-.05, -.1, .1, .2, .05, -.05).
+  by_pav = search.beam_scores(q_M, parent_M, mode="pav", alpha=1.0,
+                              prover_k=1)
+  np.testing.assert_allclose(
+      by_pav, [0.5, 0.4, 0.8, 0.7, 0.4, 0.2], atol=1e-6)
+  idx, _ = search.select_top(by_pav[None], ok, keep, 2)
+  assert idx[0].tolist() == [2, 3]  # a13, a21: s2 survives
+
+
+def test_select_top_masks_invalid_and_spent_slots():
+  score = jnp.array([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4]])
+  ok = jnp.array([[False, True, True, True], [True, False, False, False]])
+  idx, keep = search.select_top(score, ok, jnp.array([1, 3]), 3)
+  assert idx[0, 0] == 1 and keep[0].tolist() == [True, False, False]
+  assert idx[1, 0] == 0 and keep[1].tolist() == [True, False, False]
+
+
+def test_beam_scores_bok_prover():
+  q_new, q_par = jnp.array([0.3]), jnp.array([0.1])
+  s = search.beam_scores(q_new, q_par, mode="pav", alpha=0.5, prover_k=4)
+  adv = (1 - 0.7**4) - (1 - 0.9**4)
+  np.testing.assert_allclose(s, [0.3 + 0.5 * adv], rtol=1e-6)
+
+
+def test_aggregations():
+  v = jnp.array([[0.5, 0.8, 0.4, 0.9, 0.0], [0.3, 0.0, 0.0, 0.0, 0.0]])
+  m = jnp.array([[1, 1, 1, 1, 0], [1, 0, 0, 0, 0]], bool)
+  np.testing.assert_allclose(search.aggregate_steps(v, m, "last"), [0.9, 0.3])
+  np.testing.assert_allclose(search.aggregate_steps(v, m, "min"), [0.4, 0.3])
+  np.testing.assert_allclose(search.aggregate_steps(v, m, "product"),
+                             [0.8 * 0.4 * 0.9, 0.3], rtol=1e-6)
+  r = search.pav_min_scores(v, m, alpha=1.0, prover_k=1)
+  # Q + A per step: .8+.3, .4-.4, .9+.5 -> min 0.0.
+  np.testing.assert_allclose(r, [0.0, 0.3], atol=1e-6)
+  with pytest.raises(ValueError):
+    search.aggregate_steps(v, m, "mean")
+
+
+def test_best_of_n_majority_and_pass():
+  correct = np.array([[0, 1, 0, 0], [1, 0, 0, 1]], float)
+  scores = np.array([[0.1, 0.9, 0.8, 0.2], [0.3, 0.3, 0.5, 0.1]])
+  # N=2 groups: p0 (0,1)->1 correct, (2,3)->2 wrong; p1 (0,1) tie->0 ok,
+  # (2,3)->2 wrong.
+  assert search.best_of_n(scores, correct, 2) == 0.5
+  assert search.best_of_n(scores, correct, 4) == 0.5  # p0 ok, p1 picks 2
+  assert search.best_of_n(correct, correct, 4) == 1.0  # oracle = pass@N
+  answers = [["3", "5", "3", None], ["7", "8", "8", "7"]]
+  assert search.majority_pick(answers[0]) == 0
+  assert search.majority_pick(["1", "2", "2", "1"]) == 0  # tie: first seen
+  assert search.majority_pick([None, None]) is None
+  assert search.majority_vote(answers, correct, 4) == 0.5  # "3" no, "7" yes
+  assert search.majority_vote(answers, correct, 1) == 3 / 8
+  for n in (1, 2, 4):
+    want = advantages.pass_at_k(np.array([4, 4]), correct.sum(1), n).mean()
+    assert search.pass_at_n(correct, n) == pytest.approx(want)
+  assert search.pass_at_n(correct, 4) == 1.0
+  with pytest.raises(ValueError):
+    search.best_of_n(scores, correct, 8)
+
+
+def test_compute_to_match_and_interp():
+  flops, accs = [1.0, 10.0, 100.0], [0.2, 0.4, 0.6]
+  assert search.compute_to_match(0.1, flops, accs) == 1.0
+  assert search.compute_to_match(0.5, flops, accs) == pytest.approx(
+      10**1.5, rel=1e-9)
+  assert search.compute_to_match(0.7, flops, accs) is None
+  assert search.interp_log(10**0.5, flops, accs) == pytest.approx(0.3)
+  assert search.interp_log(1000.0, flops, accs) is None
+
+
+def test_bon_compute_hand_counts():
+  smp = search.Samples(
+      responses=[[[]] * 4], finished=np.ones((1, 4), bool),
+      correct=np.zeros((1, 4)), answers=[[None] * 4],
+      generated_P_K=np.array([[3, 5, 7, 9]]), prompt_len_P=np.array([10]))
+  c = search.bon_compute(smp, 2, verifiers=1)
+  # groups (3+5), (7+9): mean 12 generated; verifier reads 2 prompts + 12.
+  assert (c.prefilled_tokens, c.generated_tokens, c.verifier_tokens) == (
+      10, 12, 32)
+  assert c.flops(100, 10) == 2 * 100 * 22 + 2 * 10 * 32
+  assert search.bon_compute(smp, 4, verifiers=0).verifier_tokens == 0
+
+
+# Beam search --------------------------------------------------------------------
+
+
+def _greedy_reference(sampler, params, prompts, max_steps, max_step_tokens):
+  """Steps of the plain greedy decode, cut as beam search with B=C=1 would."""
+  out = sampler.generate(params, prompts, jax.random.key(0),
+                         max_new_tokens=max_steps * max_step_tokens)
+  refs = []
+  for b in range(len(prompts)):
+    toks = out.tokens_BN[b, : int(out.length_B[b])].tolist()
+    trace, generated, finished = [], 0, False
+    for _ in range(max_steps):
+      ends = [i for i, t in enumerate(toks) if t in (STEP, EOS)]
+      if not ends or ends[0] >= max_step_tokens:  # step truncated: dies
+        generated += min(len(toks), max_step_tokens)
+        break
+      step, toks = toks[: ends[0] + 1], toks[ends[0] + 1:]
+      generated += len(step)
+      trace += step
+      if step[-1] == EOS:
+        finished = True
+        break
+    refs.append((trace, generated, finished))
+  return refs
+
+
+def test_b1_c1_greedy_beam_equals_greedy_decode_and_counts_tokens():
+  graphdef, params = _policy(4, 1.3, 1.2)
+  s = _sampler(graphdef, 0.0)
+  cfg = search.BeamConfig(beam_size=1, expansions=1, max_steps=6,
+                          max_step_tokens=12, mode="pav")
+  res = search.beam_search(s, params, TokenScorer(good=-1), PROMPTS, cfg,
+                           jax.random.key(1))
+  refs = _greedy_reference(s, params, PROMPTS, 6, 12)
+  assert any(r[2] for r in refs) and any(not r[2] for r in refs)
+  for b, (trace, _, finished) in enumerate(refs):
+    assert res.finished[b] == finished
+    assert res.responses[b] == (trace[:-1] if finished else trace), b
+  gen = sum(r[1] for r in refs)
+  plen = sum(map(len, PROMPTS))
+  assert res.compute.prefilled_tokens == plen
+  assert res.compute.generated_tokens == gen
+  assert res.compute.verifier_tokens == plen + gen
+
+
+def test_oracle_scorer_finds_the_good_token():
+  """A scorer that prefers traces holding token 45 steers the beam there."""
+  graphdef, params = _policy(3, 1.3, 1.5)
+  s = _sampler(graphdef, 1.0)
+  prompts = PROMPTS * 2
+  good = 45  # not in any prompt; in ~1/4 of plain samples
+  hits = {}
+  for b, c in ((1, 1), (4, 3)):
+    cfg = search.BeamConfig(beam_size=b, expansions=c, max_steps=6,
+                            max_step_tokens=16, mode="pav", alpha=0.5,
+                            prover_k=4)
+    res = search.beam_search(s, params, TokenScorer(good), prompts, cfg,
+                             jax.random.key(2))
+    hits[b] = np.mean([good in r for r in res.responses])
+    assert all(len(pool) <= b for pool in res.pools)
+    for r, pool, fin in zip(res.responses, res.pools, res.finished):
+      if fin:  # the chosen trace is the pool's best by Q^pi
+        assert r in pool
+        assert (good in r) or not any(good in t for t in pool)
+  assert hits[4] >= 0.75 and hits[4] >= hits[1] + 0.25, hits
+
+
+def test_cached_verifier_scores_equal_one_pass_prefix_values():
+  graphdef, params = _policy(3, 1.7, 1.5)
+  s = _sampler(graphdef, 1.0)
+  vg, vp = tr.split(verifier.create(CFG, 5))
+  vp["head_D"] = jax.random.normal(jax.random.key(0), vp["head_D"].shape)
+  cv = search.CachedVerifier(vg, vp)
+  cfg = search.BeamConfig(beam_size=2, expansions=2, max_steps=5,
+                          max_step_tokens=16, mode="q")
+  res = search.beam_search(s, params, cv, PROMPTS, cfg, jax.random.key(3))
+  assert res.finished.any()
+  t = 96
+  tok = np.full((len(PROMPTS), t), PAD, np.int32)
+  for b, (p, r, f) in enumerate(zip(PROMPTS, res.responses, res.finished)):
+    row = p + r + [EOS] * int(f)
+    tok[b, : len(row)] = row
+  valid = np.arange(t)[None] < np.array(
+      [len(p) + len(r) + int(f) for p, r, f in
+       zip(PROMPTS, res.responses, res.finished)])[:, None]
+  v, m = jax.jit(verifier.prefix_values, static_argnums=0,
+                 static_argnames=("step_id", "eos_id", "num_prefixes"))(
+                     vg, vp, jnp.asarray(tok), jnp.asarray(valid),
+                     jnp.array([len(p) for p in PROMPTS]), step_id=STEP,
+                     eos_id=EOS, num_prefixes=8)
+  for b, vals in enumerate(res.values):
+    assert int(m[b].sum()) == len(vals)
+    np.testing.assert_allclose(v[b, : len(vals)], vals, atol=2e-5)
+
+
+def test_chunking_does_not_change_results():
+  graphdef, params = _policy(3, 1.7, 1.5)
+  s = _sampler(graphdef, 0.0)
+  kw = dict(beam_size=2, expansions=2, max_steps=4, max_step_tokens=16)
+  big = search.beam_search(s, params, TokenScorer(15), PROMPTS,
+                           search.BeamConfig(batch_rows=64, **kw),
+                           jax.random.key(4))
+  small = search.beam_search(s, params, TokenScorer(15), PROMPTS,
+                             search.BeamConfig(batch_rows=12, **kw),
+                             jax.random.key(4))
+  assert big.compute == small.compute
