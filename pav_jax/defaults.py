@@ -82,20 +82,21 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- MC labelling under provers (labelling.py) ---
   c.label = ml_collections.ConfigDict()
-  c.label.num_prompts = 256
+  c.label.num_prompts = 96
   c.label.n_cov = 4  # seed rollouts per prompt
   c.label.n_mc = 8  # continuations per step-boundary prefix
-  c.label.num_eval_prompts = 64  # held-out (test split) labelled set
+  c.label.num_eval_prompts = 32  # held-out (test split) labelled set
   c.label.max_step_tokens = 32  # a longer seed step is truncated
   c.label.max_steps = 12  # most steps of a seed rollout
   c.label.prompts_per_chunk = 32  # one resumable shard per chunk
   c.label.mode = "fork"  # "fork" prefix caches or "reprefill" (baseline)
-  c.label.cache_size = 256  # KV slots: prompt bucket + seed steps + response
+  c.label.cache_size = 192  # KV slots: prompt bucket + seed steps + response
   c.label.prover_checkpoint = ""  # params dir of a checkpoint prover mu
+  c.label.first_pit_high = 0.0  # > 0: "first pit" prefixes of failing seeds
 
   # --- Verifiers: ORM, PRM-Q, PAV (train_verifier.py) ---
   c.verifier = ml_collections.ConfigDict()
-  c.verifier.steps = 300
+  c.verifier.steps = 200
   c.verifier.batch_size = 32
   c.verifier.learning_rate = 1e-3
   c.verifier.a_direct = False  # also regress A^mu directly (beyond paper)
@@ -105,13 +106,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.num_prompts = 64
   c.search.alpha = 0.5
   c.search.prover_k = 4
-  c.search.split = "test"
-  c.search.ns = "2,4,8,16"  # comma-separated N (beam size / samples)
-  c.search.expansions = 3  # C: next steps sampled per beam
-  c.search.max_steps = 10
-  c.search.max_step_tokens = 24
-  c.search.batch_rows = 1536  # decode rows per beam-search chunk
-  c.search.beam_modes = "q,pav"  # PRM-Q beam, PAV beam
 
   c.rft = ml_collections.ConfigDict()
   c.rft.enabled = False

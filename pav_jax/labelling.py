@@ -128,6 +128,15 @@ def first_pit(q_NP: jax.Array, mask_NP: jax.Array,
   return pit_N.astype(jnp.int32), keep_NP
 
 
+def first_pit_selection(q_NP: jax.Array, mask_NP: jax.Array,
+                        outcome_N: jax.Array, high: float = 0.5) -> jax.Array:
+  """"First pit" training prefixes (App. D): every prefix of a correct seed;
+  of a failing seed, the prefixes up to its first pit after a high state
+  (none when it has no pit)."""
+  _, keep_NP = first_pit(q_NP, mask_NP, high)
+  return jnp.where((outcome_N > 0.5)[:, None], mask_NP.astype(bool), keep_NP)
+
+
 def bisect_first_zero(is_zero: Callable[[int], bool], lo: int, hi: int) -> int:
   """Smallest h in [lo, hi] with is_zero(h), assuming zeros persist (host).
 
@@ -620,6 +629,31 @@ def load_labelled(directory: str | Path, expect: dict | None = None) -> dict:
 # -----------------------------------------------------------------------------
 
 
+def load_params_replicated(path: str | Path, abstract: Any, mesh=None) -> Any:
+  """Params restored replicated on `mesh` (or one device).
+
+  The abstract trees of `nnx.eval_shape` under `jax.set_mesh` carry an
+  AbstractMesh, which orbax cannot restore onto: give every leaf a concrete
+  sharding first.
+  """
+  from pav_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  if mesh is None:
+    sh = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  else:
+    sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  concrete = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract)
+  return ckpt_lib.load_params(path, concrete)
+
+
+def load_policy(workdir: Path, setup, stage: str = "sft"):
+  """(graphdef, params) of an exported policy, replicated on setup.mesh."""
+  from pav_jax import transformer  # pylint: disable=g-import-not-at-top
+  graphdef, abstract = transformer.abstract_params(setup.model_cfg)
+  return graphdef, load_params_replicated(Path(workdir) / stage / "params",
+                                          abstract, getattr(setup, "mesh", None))
+
+
 def label_config(config) -> LabelConfig:
   lc = config.label
   return LabelConfig(
@@ -645,7 +679,7 @@ def run_label(config, workdir: Path, mesh) -> dict:
   from pav_jax import train_policy  # stage layer
   from pav_jax import transformer
   setup = train_policy.make_setup(config, workdir, mesh)
-  graphdef, params = train_policy.load_policy(workdir, setup)
+  graphdef, params = load_policy(workdir, setup)
   lc = config.label
   sampler = sampler_lib.Sampler(
       graphdef, setup.model_cfg, cache_size=lc.cache_size,
@@ -654,8 +688,8 @@ def run_label(config, workdir: Path, mesh) -> dict:
   prover = None
   if lc.prover_checkpoint:
     _, abstract = transformer.abstract_params(setup.model_cfg)
-    from pav_jax import checkpoint as ckpt_lib
-    prover = Prover(sampler, ckpt_lib.load_params(lc.prover_checkpoint, abstract))
+    prover = Prover(sampler, load_params_replicated(lc.prover_checkpoint,
+                                                    abstract, setup.mesh))
   cfg = label_config(config)
   identity = stage_identity(config, workdir, setup, lc.prover_checkpoint)
   summary, md = {}, ["| split | prompts | rollouts | prefixes | sampled tok | "

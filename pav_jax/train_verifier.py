@@ -47,9 +47,18 @@ def valid_mask(data: dict) -> np.ndarray:
   return np.arange(t)[None, :] < end_N[:, None]
 
 
-def training_arrays(data: dict, kind: str, prover_k: float = 4.0) -> dict:
-  """Per-row model inputs and per-prefix targets/masks/weights of a kind."""
+def training_arrays(data: dict, kind: str, prover_k: float = 4.0,
+                    first_pit_high: float = 0.0) -> dict:
+  """Per-row model inputs and per-prefix targets/masks/weights of a kind.
+
+  first_pit_high > 0 keeps, for the step-level kinds, only the "first pit"
+  prefixes of failing seeds (`labelling.first_pit_selection`).
+  """
   mask_NP = data["mask_NP"].astype(bool)
+  if first_pit_high > 0 and kind != "orm":
+    mask_NP = np.asarray(labelling.first_pit_selection(
+        jnp.asarray(data["q_NP"]), jnp.asarray(mask_NP),
+        jnp.asarray(data["outcome_N"]), first_pit_high))
   p = mask_NP.shape[1]
   if kind == "orm":
     last_N = data["num_prefixes_N"] - 1
@@ -124,8 +133,9 @@ def abstract_verifier(model_cfg):
 def load_verifier(workdir: Path, setup, name: str):
   """(graphdef, params) of the verifier exported to <workdir>/verifiers/<name>."""
   graphdef, abstract = abstract_verifier(setup.model_cfg)
-  return graphdef, ckpt_lib.load_params(
-      Path(workdir) / "verifiers" / name / "params", abstract)
+  return graphdef, labelling.load_params_replicated(
+      Path(workdir) / "verifiers" / name / "params", abstract,
+      getattr(setup, "mesh", None))
 
 
 def train(*, stage_dir: Path, kind: str, arrays: dict, model_cfg, mesh,
@@ -317,7 +327,7 @@ def run_verifiers(config, workdir: Path, mesh) -> dict:
   t0 = time.time()
   workdir = Path(workdir)
   setup = train_policy.make_setup(config, workdir, mesh)
-  _, policy_params = train_policy.load_policy(workdir, setup)
+  _, policy_params = labelling.load_policy(workdir, setup)
   tok = setup.tok
   expect = {"tokenizer_sha256": labelling.tokenizer_sha256(tok),
             "step_id": tok.step_id, "eos_id": tok.eos_id}
@@ -333,7 +343,8 @@ def run_verifiers(config, workdir: Path, mesh) -> dict:
   out_dir = workdir / "verifiers"
   preds, summary = {}, {"kinds": kinds}
   for kind in kinds:
-    arrays = training_arrays(train_data, kind, k)
+    arrays = training_arrays(train_data, kind, k,
+                             config.label.get("first_pit_high", 0.0))
     graphdef, params = train(
         stage_dir=out_dir / kind, kind=kind, arrays=arrays,
         model_cfg=setup.model_cfg, mesh=mesh, policy_params=policy_params,

@@ -121,7 +121,7 @@ def test_mc_labels_match_exact_dp_values_for_pi_and_checkpoint_prover():
                                      step_id=STEP, pad_id=PAD)
   lc = labelling.LabelConfig(n_cov=4, n_mc=32, max_new_tokens=2 * env.length,
                              max_step_tokens=2, max_steps=env.length,
-                             prompts_per_chunk=16, row_buckets=2)
+                             prompts_per_chunk=16, row_buckets=1)
   prover = labelling.Prover(mk(gd_mu), params_mu)
   arr, budget = labelling.label_chunk(mk(gd), params, [[BOS, STEP]] * 16,
                                       _grade_env(env), jax.random.key(0), lc,

@@ -43,7 +43,7 @@ def test_verifier_fits_synthetic_step_targets_and_exports(tmp_path):
   data = _synthetic()
   arrays = train_verifier.training_arrays(data, "prm_q")
   _, policy = transformer.split(transformer.create(CFG, seed=0))
-  mesh = sharding.make_mesh({"data": 8})
+  mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])
   graphdef, params = train_verifier.train(
       stage_dir=tmp_path / "prm_q", kind="prm_q", arrays=arrays, model_cfg=CFG,
       mesh=mesh, policy_params=policy, steps=120, batch_size=16,
