@@ -415,10 +415,14 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
     st = sampler_lib.fork(pstate, c)
     vc = fork_rows(vcache, c)
     dec = sampler.decode(policy_params, st, n_w, stop_at_step=True)
-    q_new_M, vc = verifier.extend(dec.tokens_BN, dec.length_B,
-                                  np.repeat(vpos_R, c), vc)
-    tok_MN, len_M, stop_M, q_new_M = jax.device_get(
-        (dec.tokens_BN, dec.length_B, dec.stop_B, q_new_M))
+    tok_MN, len_M, stop_M = jax.device_get(
+        (dec.tokens_BN, dec.length_B, dec.stop_B))
+    # The verifier reads the new steps, cut to the longest (a multiple of 8,
+    # so that it compiles at most max_step_tokens / 8 times).
+    w = min(n_w, max(8, -(-int(len_M.max()) // 8) * 8))
+    q_new_M, vc = verifier.extend(tok_MN[:, :w], len_M, np.repeat(vpos_R, c),
+                                  vc)
+    q_new_M = np.asarray(jax.device_get(q_new_M))
     ok_M = (alive_R[parent_M] & (len_M > 0)
             & ((stop_M == sampler_lib.STEP_END) | (stop_M == sampler_lib.EOS)))
     live_real_M = alive_R[parent_M] & real_P[problem_M]
@@ -520,6 +524,19 @@ def trajectories(prompts, responses, finished, pad_id: int, eos_id: int,
   return tok_BT, valid_BT, np.array([len(x) for x in prompts], np.int32)
 
 
+_PREFIX_FNS: dict = {}
+
+
+def _prefix_values_fn(graphdef, step_id: int, eos_id: int, num_prefixes: int):
+  """One jitted `prefix_values` per verifier graph (compiled once per shape)."""
+  key = (id(graphdef), step_id, eos_id, num_prefixes)
+  if key not in _PREFIX_FNS:
+    _PREFIX_FNS[key] = (graphdef, jax.jit(functools.partial(
+        verifier_lib.prefix_values, graphdef, step_id=step_id, eos_id=eos_id,
+        num_prefixes=num_prefixes)))
+  return _PREFIX_FNS[key][1]
+
+
 def score_samples(graphdef, params, samples: Samples, prompts, *, pad_id: int,
                   step_id: int, eos_id: int, num_prefixes: int = 32,
                   batch_rows: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -531,9 +548,7 @@ def score_samples(graphdef, params, samples: Samples, prompts, *, pad_id: int,
   flat_fin = samples.finished.reshape(-1).tolist()
   tok_BT, valid_BT, plen_B = trajectories(flat_prompts, flat_resp, flat_fin,
                                           pad_id, eos_id)
-  fn = jax.jit(functools.partial(
-      verifier_lib.prefix_values, graphdef, step_id=step_id, eos_id=eos_id,
-      num_prefixes=num_prefixes))
+  fn = _prefix_values_fn(graphdef, step_id, eos_id, num_prefixes)
   n = len(flat_resp)
   rows = min(batch_rows, n)
   vs, ms = [], []
@@ -604,11 +619,13 @@ def _grade(task, tok, examples, responses) -> np.ndarray:
 
 def compare(*, sampler: sampler_lib.Sampler, policy_params,
             policy_cfg: config_lib.ModelConfig, verifiers: dict[str, Any],
-            task, tok, examples, settings: SearchSettings,
-            rng: jax.Array) -> dict:
+            task, tok, examples, settings: SearchSettings, rng: jax.Array,
+            beam_verifier: CachedVerifier | None = None) -> dict:
   """All methods at every N on `examples`; a JSON-serialisable dict.
 
-  `verifiers` maps "orm" and "prm_q" to (graphdef, params). Returns
+  `verifiers` maps "orm" and "prm_q" to (graphdef, params); `beam_verifier`
+  (default: a new `CachedVerifier` of "prm_q") lets repeated calls share
+  its compiled functions. Returns
   {"ns", "methods": {name: {"acc": [...], "compute": [{...}], "flops": [...]}},
    "settings", "seconds"}; compute is per problem.
   """
@@ -659,7 +676,7 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
     log.info("best-of-N: %d x %d samples in %.0f s", p, k, time.time() - t1)
 
   if "prm_q" in verifiers:
-    cv = CachedVerifier(*verifiers["prm_q"])
+    cv = beam_verifier or CachedVerifier(*verifiers["prm_q"])
     for mode in settings.beam_modes:
       name = {"q": "prm_q_beam", "pav": "pav_beam"}[mode]
       for n in ns:
@@ -696,6 +713,7 @@ def summarise(results: dict) -> dict:
   if "orm_bon" in m and "pav_beam" in m:
     ref_acc, ref_f = m["orm_bon"]["acc"][-1], m["orm_bon"]["flops"][-1]
     need = compute_to_match(ref_acc, m["pav_beam"]["flops"], m["pav_beam"]["acc"])
+    need = need if ref_acc > 0 else None  # nothing to match
     out["orm_bon_max_acc"] = ref_acc
     out["pav_vs_orm_compute_ratio"] = None if need is None else ref_f / need
     gaps = [None if (a := interp_log(f, m["orm_bon"]["flops"],
@@ -707,6 +725,7 @@ def summarise(results: dict) -> dict:
   if "prm_q_beam" in m and "pav_beam" in m:
     ref_acc, ref_f = m["prm_q_beam"]["acc"][-1], m["prm_q_beam"]["flops"][-1]
     need = compute_to_match(ref_acc, m["pav_beam"]["flops"], m["pav_beam"]["acc"])
+    need = need if ref_acc > 0 else None
     out["pav_vs_prm_q_beam_compute_ratio"] = (
         None if need is None else ref_f / need)
   if "orm_bon" in m and "pav_orm_bon" in m:
@@ -789,10 +808,9 @@ def run_search(config, workdir: Path, mesh) -> dict:
   """Stage "search": loads the SFT policy and the "orm"/"prm_q" verifiers."""
   from pav_jax import train_policy
   from pav_jax import train_verifier
-  del mesh
   workdir = Path(workdir)
-  setup = train_policy.make_setup(config, workdir, None)
-  graphdef, params = train_policy.load_policy(workdir, setup)
+  setup = train_policy.make_setup(config, workdir, mesh)
+  graphdef, params = load_policy_replicated(workdir, setup)
   verifiers = {name: train_verifier.load_verifier(workdir, setup, name)
                for name in ("orm", "prm_q")}
   settings = settings_from_config(config)
@@ -805,6 +823,19 @@ def run_search(config, workdir: Path, mesh) -> dict:
                     settings=settings, rng=jax.random.key(config.seed + 7))
   return write_outputs(results, workdir / "search", workdir,
                        title=f"{config.task.name}: search")
+
+
+def load_policy_replicated(workdir: Path, setup, stage: str = "sft"):
+  """The exported policy, every leaf replicated on setup.mesh (or device 0)."""
+  from pav_jax import checkpoint as ckpt_lib
+  graphdef, abstract = transformer.abstract_params(setup.model_cfg)
+  mesh = getattr(setup, "mesh", None)
+  sh = (jax.sharding.SingleDeviceSharding(jax.devices()[0]) if mesh is None
+        else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  concrete = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract)
+  return graphdef, ckpt_lib.load_params(Path(workdir) / stage / "params",
+                                        concrete)
 
 
 def make_search_sampler(setup, graphdef, config, settings: SearchSettings,
