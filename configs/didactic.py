@@ -1,22 +1,40 @@
 """Didactic planted-subsequence experiment (Setlur et al. 2024, Sec. 3.3).
 
-Command (full, the record in experiments/2026-11-26_didactic):
+Record: experiments/2026-11-26_didactic/README.md. Hardware: 2-core CPU, no
+accelerator. Two arms, identical except for the SFT length:
+
+Literal recipe (50 SFT iterations, 3 seeds, 1000 RL iterations), 494 s
+measured at load average 3.5-5 (342 s of it the MC-Q^pi side check):
 
   python -m pav_jax.didactic.run --config=configs/didactic.py \
       --workdir=runs/didactic
+
+  Expected: SFT success rate ~2e-5 (Pass@256 ~0); every run is bimodal
+  (solves to ~0.98 or stays at exactly 0); 1/3 seeds solve with gamma = 10,
+  2/3 with Q only; no gamma dependence beyond seed noise.
+
+Paper-matched init ('matched': 1600 SFT iterations on the same 3,200 mu_5
+samples, 12 seeds, 500 RL iterations, gammas 1..100). The SFT length comes
+from calibrate_sft.py (criterion: seed-mean Pass@256 of the SFT policy in
+the paper's Fig. 3c range [0.05, 0.25], closest to 0.15), 327 s; the run
+587 s. Both measured at load average 12-15 from other jobs on the 2 cores;
+estimated 1.5-2.5 and 2.5-4 min on 2 idle cores:
+
+  python -m pav_jax.didactic.calibrate_sft \
+      --config=configs/didactic.py:matched --workdir=runs/didactic_calib
+  python -m pav_jax.didactic.run --config=configs/didactic.py:matched \
+      --workdir=runs/didactic_matched
+
+  Expected: SFT Pass@256 ~0.13-0.15 (p ~5e-4); effective reward gamma = 10
+  reaches 90% batch accuracy in 52-62 iterations on 12/12 seeds (final
+  ~0.97); Q only in ~127 (median; 11/12 seeds by 500); RL-averaged accuracy
+  increases monotonically with gamma (0.86 at gamma = 1 to 0.915 at 50, Q
+  only 0.71 +- 0.19): no [8, 15] band.
 
 Quick variant (< 1 min, smoke test of the whole pipeline):
 
   python -m pav_jax.didactic.run --config=configs/didactic.py:quick \
       --workdir=runs/didactic_quick
-
-Hardware: 2-core CPU, no accelerator. Measured wall time of the full run:
-see experiments/2026-11-26_didactic/README.md (budget <= 20 min).
-
-Expected result (full): RL with the effective reward Q^pi + A^mu of prover
-gamma = 10 lifts accuracy from the SFT policy's ~0.5% to ~100% within a few
-hundred iterations, while outcome-only RL (alpha = 0) stays near the SFT
-accuracy over the same budget; see the record for the measured table.
 """
 
 import ml_collections
