@@ -26,11 +26,18 @@ def _policy(seed, step_mul, eos_mul):
   return graphdef, params
 
 
-def _sampler(graphdef, temperature, cache_size=160):
-  return sampler_lib.Sampler(
-      graphdef, CFG, cache_size=cache_size, eos_id=EOS, step_id=STEP,
-      pad_id=PAD, buckets=(8, 16),
-      sampling=sampler_lib.SamplingConfig(temperature=temperature))
+_SAMPLERS = {}
+
+
+def _sampler(graphdef, temperature):
+  """One sampler per temperature, shared by the tests (compiles are cached
+  per sampler; every policy here has the same graph)."""
+  if temperature not in _SAMPLERS:
+    _SAMPLERS[temperature] = sampler_lib.Sampler(
+        graphdef, CFG, cache_size=160, eos_id=EOS, step_id=STEP, pad_id=PAD,
+        buckets=(8, 16),
+        sampling=sampler_lib.SamplingConfig(temperature=temperature))
+  return _SAMPLERS[temperature]
 
 
 class TokenScorer:
