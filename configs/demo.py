@@ -1,19 +1,21 @@
-"""The embedded CPU default: `make demo`.
+"""The embedded CPU default run by `make demo`: the whole PAV pipeline.
 
 Command:  python -m pav_jax.main --config=configs/demo.py --workdir=runs/demo
-Hardware: 2 CPU cores (no accelerator).
-Run time: see README (measured).
-Result:   runs/demo/report.md.
+Hardware: 2 CPU cores, no accelerator.
+Stages:   sft (base policy on arithmetic chains) -> label (MC Q-hat under pi,
+          BoK provers) -> verifiers (ORM, PRM-Q, PAV) -> search (best-of-N vs
+          beam search, with compute accounting).
+Run time: measured in the README (target <= 20 minutes on 2 idle cores).
+Result:   runs/demo/report.md with tables and PNG plots; rerunning resumes.
 """
 
 from pav_jax import defaults
 
+_ARITHMETIC = defaults.config_file_module("arithmetic")
+
 
 def get_config(arg=None):
   del arg
-  c = defaults.base_config()
-  c.task.knobs.num_ops = 4
-  c.task.knobs.digits = 1
-  c.task.knobs.ops = "+-*"
-  c.task.knobs.noprogress_frac = 0.0
+  c = _ARITHMETIC.get_config()
+  c.stages = "sft,label,verifiers,search"
   return c
