@@ -12,19 +12,6 @@ import ml_collections
 from pav_jax import config as config_lib
 
 
-def config_file_module(name: str):
-  """Imports `configs/<name>.py` (config files may build on each other)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-  if not path.exists():
-    raise FileNotFoundError(f"no config file {path}")
-  spec = importlib.util.spec_from_file_location(f"pav_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def model_section(preset: str = "tiny", **overrides) -> ml_collections.ConfigDict:
   cfg = config_lib.PRESETS[preset]().replace(**overrides)
   d = dataclasses.asdict(cfg)
@@ -119,13 +106,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.num_prompts = 64
   c.search.alpha = 0.5
   c.search.prover_k = 4
-  c.search.split = "test"
-  c.search.ns = "2,4,8,16"  # comma-separated N (beam size / samples)
-  c.search.expansions = 3  # C: next steps sampled per beam
-  c.search.max_steps = 10
-  c.search.max_step_tokens = 24
-  c.search.batch_rows = 1536  # decode rows per beam-search chunk
-  c.search.beam_modes = "q,pav"  # PRM-Q beam, PAV beam
 
   c.rft = ml_collections.ConfigDict()
   c.rft.enabled = False
