@@ -98,43 +98,7 @@ DEFAULT_ARG = "tpu_v5p_32"
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """MATH SFT of Gemma-2 9B; `arg` picks the hardware (see HARDWARE)."""
-  arg = arg or DEFAULT_ARG
-  if arg not in HARDWARE:
-    raise ValueError(
-        f"unknown hardware {arg!r} for {PRESET}; one of {sorted(HARDWARE)}")
-  mesh, multi_host, _, _, _ = HARDWARE[arg]
-
-  c = defaults.base_config()
-  c.stages = "sft"
-  c.distributed = multi_host
-  c.mesh = ml_collections.ConfigDict(mesh)
-  c.init_checkpoint = INIT_CHECKPOINT
-
-  c.task.name = "math"
-  c.task.num_train = 12_000  # All of MATH train (7,500) if the file is smaller.
-  c.task.num_eval = 500
-  c.task.data_dir = ""
-
-  c.tokenizer.path = TOKENIZER
-  c.tokenizer.vocab_size = 256_000
-
-  c.model = defaults.model_section(PRESET, dtype="bfloat16")
-
-  c.sft.steps = 5_000
-  c.sft.batch_size = 32
-  c.sft.max_len = 1_024
-  c.sft.learning_rate = LEARNING_RATE
-  c.sft.warmup_steps = 500
-  c.sft.weight_decay = 0.0  # Adam, as in the paper.
-  c.sft.grad_clip = 1.0
-  c.sft.ckpt_every = 500
-  c.sft.log_every = 10
-
-  c.sample.temperature = 1.0
-  c.sample.cache_size = 1_536
-  c.sample.max_new_tokens = 512
-
-  c.eval.num_prompts = 500
-  c.eval.samples_per_prompt = 16
-  c.eval.batch_rows = 32
-  return c
+  return defaults.gemma_math_sft(
+      preset=PRESET, arg=arg or DEFAULT_ARG, hardware=HARDWARE,
+      learning_rate=LEARNING_RATE, init_checkpoint=INIT_CHECKPOINT,
+      tokenizer=TOKENIZER, eval_batch_rows=32)

@@ -12,6 +12,19 @@ import ml_collections
 from pav_jax import config as config_lib
 
 
+def config_file_module(name: str):
+  """Imports `configs/<name>.py` (config files may build on each other)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+  if not path.exists():
+    raise FileNotFoundError(f"no config file {path}")
+  spec = importlib.util.spec_from_file_location(f"pav_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def model_section(preset: str = "tiny", **overrides) -> ml_collections.ConfigDict:
   cfg = config_lib.PRESETS[preset]().replace(**overrides)
   d = dataclasses.asdict(cfg)
@@ -106,6 +119,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.num_prompts = 64
   c.search.alpha = 0.5
   c.search.prover_k = 4
+  c.search.split = "test"
+  c.search.ns = "2,4,8,16"  # comma-separated N (beam size / samples)
+  c.search.expansions = 3  # C: next steps sampled per beam
+  c.search.max_steps = 10
+  c.search.max_step_tokens = 24
+  c.search.batch_rows = 1536  # decode rows per beam-search chunk
+  c.search.beam_modes = "q,pav"  # PRM-Q beam, PAV beam
 
   c.rft = ml_collections.ConfigDict()
   c.rft.enabled = False
@@ -113,4 +133,44 @@ def base_config() -> ml_collections.ConfigDict:
   c.rft.samples_per_prompt = 8
   c.rft.steps = 300
   c.rft.learning_rate = 1e-3
+  return c
+
+
+def gemma_math_sft(*, preset: str, arg: str, hardware: dict, learning_rate: float,
+                   init_checkpoint: str, tokenizer: str, eval_batch_rows: int
+                   ) -> ml_collections.ConfigDict:
+  """MATH SFT of a real Gemma-2 shape with the paper's hyper-parameters.
+
+  `hardware` maps an arg to (mesh, multi_host, devices, HBM GiB, text); see
+  configs/gemma2_*.py, which document each preset's meshes.
+  """
+  if arg not in hardware:
+    raise ValueError(f"unknown hardware {arg!r} for {preset}; one of {sorted(hardware)}")
+  mesh, multi_host, _, _, _ = hardware[arg]
+  c = base_config()
+  c.stages = "sft"
+  c.distributed = multi_host
+  c.mesh = ml_collections.ConfigDict(mesh)
+  c.init_checkpoint = init_checkpoint
+  c.task.name = "math"
+  c.task.num_train = 12_000  # All of MATH train (7,500) if the file is smaller.
+  c.task.num_eval = 500
+  c.tokenizer.path = tokenizer
+  c.tokenizer.vocab_size = 256_000
+  c.model = model_section(preset, dtype="bfloat16")
+  c.sft.steps = 5_000
+  c.sft.batch_size = 32
+  c.sft.max_len = 1_024
+  c.sft.learning_rate = learning_rate
+  c.sft.warmup_steps = 500
+  c.sft.weight_decay = 0.0  # Adam, as in the paper.
+  c.sft.grad_clip = 1.0
+  c.sft.ckpt_every = 500
+  c.sft.log_every = 10
+  c.sample.temperature = 1.0
+  c.sample.cache_size = 1_536
+  c.sample.max_new_tokens = 512
+  c.eval.num_prompts = 500
+  c.eval.samples_per_prompt = 16
+  c.eval.batch_rows = eval_batch_rows
   return c

@@ -159,7 +159,7 @@ class MetricWriter:
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in clean.items():
-        self._tb.add_scalar(k, v, int(step))
+        self._tb.add_scalar(k.replace("@", "_at_"), v, int(step))
 
   def close(self) -> None:
     if self._jsonl is not None:
@@ -173,7 +173,7 @@ class LoopConfig:
   num_steps: int
   ckpt_every: int = 100
   log_every: int = 10
-  eval_every: int = 0  # 0: evaluate at the end only.
+  eval_every: int = 0  # 0: no periodic evaluation.
   max_to_keep: int = 2
   kill_at_step: int = -1  # Fault injection for tests: SIGKILL self after it.
 
@@ -244,8 +244,8 @@ def fit(
           pending = None
           ckpt.save(step + 1, state, {"step": step + 1, "data_position": step + 1},
                     config_dict, force=True)
-        if eval_fn is not None and (done or (
-            loop.eval_every and (step + 1) % loop.eval_every == 0)):
+        if (eval_fn is not None and loop.eval_every
+            and (step + 1) % loop.eval_every == 0):
           ev = eval_fn(step + 1, state["params"])
           writer.write(step + 1, {f"eval/{k}": v for k, v in ev.items()})
           log.info("%s step %d eval: %s", desc, step + 1, ev)

@@ -206,12 +206,22 @@ def train_stage(config, workdir: Path, setup: Setup, *, stage: str,
   if init_params is not None:
     state["params"] = jax.device_put(init_params, shardings["params"])
   step_fn = train_lib.make_train_step(graphdef, sft_loss, tx, shardings, setup.mesh)
+  sampler = make_sampler(setup, graphdef, config)
+  val = setup.task.examples("validation", config.eval.num_prompts, seed=config.seed)
+
+  def eval_fn(step, params):  # periodic: validation prompts, fewer samples
+    k = min(4, config.eval.samples_per_prompt)
+    return evaluate(sampler, params, setup.task, setup.tok, val, k=k,
+                    max_new_tokens=config.sample.max_new_tokens,
+                    rng=jax.random.key(step), batch_rows=config.eval.batch_rows).metrics
+
   state = train_lib.fit(
       stage_dir=workdir / stage, state=state, state_shardings=shardings,
       train_step=step_fn, batch_fn=batch_fn(data, sft.batch_size, config.seed),
       loop=train_lib.LoopConfig(
           num_steps=steps, ckpt_every=sft.ckpt_every, log_every=sft.log_every,
-          kill_at_step=sft.kill_at_step),
+          eval_every=sft.eval_every, kill_at_step=sft.kill_at_step),
+      eval_fn=eval_fn,
       config_dict=config.to_dict(), desc=stage,
       batch_sharding=sharding_lib.batch_sharding(setup.mesh))
   return graphdef, state["params"]
