@@ -116,15 +116,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Search: best-of-N and step-level beam search (search.py) ---
   c.search = ml_collections.ConfigDict()
-  c.search.num_prompts = 64
+  c.search.num_prompts = 32
   c.search.alpha = 0.5
   c.search.prover_k = 4
   c.search.split = "test"
   c.search.ns = "2,4,8,16"  # comma-separated N (beam size / samples)
   c.search.expansions = 3  # C: next steps sampled per beam
-  c.search.max_steps = 10
-  c.search.max_step_tokens = 24
-  c.search.batch_rows = 1536  # decode rows per beam-search chunk
+  c.search.max_steps = 8
+  c.search.max_step_tokens = 16
+  c.search.batch_rows = 768  # decode rows per chunk (beam: B * C per problem)
   c.search.beam_modes = "q,pav"  # PRM-Q beam, PAV beam
 
   c.rft = ml_collections.ConfigDict()

@@ -326,12 +326,12 @@ class BeamConfig:
 
   beam_size: int
   expansions: int = 3
-  max_steps: int = 10
-  max_step_tokens: int = 24
+  max_steps: int = 8
+  max_step_tokens: int = 16
   mode: str = "pav"
   alpha: float = 0.5
   prover_k: float = 4.0
-  batch_rows: int = 1536  # problems per chunk = batch_rows // (B * C)
+  batch_rows: int = 768  # problems per chunk = batch_rows // (B * C)
 
 
 @dataclasses.dataclass
@@ -499,8 +499,13 @@ def draw_samples(sampler: sampler_lib.Sampler, policy_params, task, tok,
                  examples, prompts, k: int, rng: jax.Array,
                  max_new_tokens: int, batch_rows: int) -> Samples:
   """K samples per problem (prefill once, fork K), graded by the oracle."""
+  # Chunks of whole problems, no bigger than needed (rollouts pads a short
+  # last chunk with copies, which would be wasted work).
+  per_chunk = max(1, min(len(prompts), batch_rows // k))
+  n_chunks = -(-len(prompts) // per_chunk)
+  per_chunk = -(-len(prompts) // n_chunks)
   ro = rollouts.sample(sampler, policy_params, prompts, k, rng, max_new_tokens,
-                       batch_rows=max(batch_rows, k))
+                       batch_rows=per_chunk * k)
   texts = [[tok.decode(r) for r in rs] for rs in ro.responses]
   correct = np.array([[task.grade(ex, t) for t in ts]
                       for ex, ts in zip(examples, texts)], np.float64)
@@ -591,10 +596,10 @@ class SearchSettings:
   alpha: float = 0.5
   prover_k: float = 4.0
   expansions: int = 3
-  max_steps: int = 10
-  max_step_tokens: int = 24
+  max_steps: int = 8
+  max_step_tokens: int = 16
   max_new_tokens: int = 80
-  batch_rows: int = 1536
+  batch_rows: int = 768
   beam_modes: tuple[str, ...] = BEAM_MODES
   bon_methods: bool = True
 
@@ -629,7 +634,7 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
   {"ns", "methods": {name: {"acc": [...], "compute": [{...}], "flops": [...]}},
    "settings", "seconds"}; compute is per problem.
   """
-  t0 = time.time()
+  t0, c0 = time.time(), time.process_time()
   ns = sorted(settings.ns)
   prompts = [tok.encode(task.prompt(ex), bos=True) for ex in examples]
   n_pol = policy_flop_params(policy_cfg)
@@ -700,7 +705,8 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
   return {"ns": ns, "methods": methods,
           "settings": dataclasses.asdict(settings),
           "flop_params": {"policy": n_pol, **n_ver},
-          "num_prompts": len(examples), "seconds": time.time() - t0}
+          "num_prompts": len(examples), "seconds": time.time() - t0,
+          "cpu_seconds": time.process_time() - c0}
 
 
 # Summary, plots, report ----------------------------------------------------------
@@ -791,7 +797,9 @@ def report_md(results: dict, summary: dict, plots: Sequence[str] = ()) -> str:
   for name, d in m.items():
     lines.append(f"| {name} | " + " | ".join(f"{f:.2e}" for f in d["flops"])
                  + " |")
-  lines += ["", "| summary | value |", "|---|---|"]
+  lines += ["", f"Search time: {results['seconds']:.0f} s wall, "
+            f"{results['cpu_seconds']:.0f} s CPU (all threads).", "",
+            "| summary | value |", "|---|---|"]
   for key, val in summary.items():
     if isinstance(val, list):
       val = ", ".join(_fmt(v) for v in val)
@@ -864,5 +872,6 @@ def write_outputs(results: dict, out_dir: Path, rel_to: Path,
   plot(results, pn, pc, title)
   rel = [str(x.relative_to(rel_to)) for x in (pn, pc)]
   return {"summary": summary, "seconds": results["seconds"],
+          "cpu_seconds": results["cpu_seconds"],
           "acc": {k: v["acc"] for k, v in results["methods"].items()},
           "ns": results["ns"], "report_md": report_md(results, summary, rel)}
