@@ -229,16 +229,6 @@ def _mc_keys(key: jax.Array, h: int, rows_A: np.ndarray, n_mc: int) -> jax.Array
       jnp.arange(n_mc)))(k_A).reshape((-1,) + k_A.shape[1:])
 
 
-def _owned(state):
-  """A state whose scalar cache index is its own buffer.
-
-  `fork`/`select_rows` share the index scalar with their source state, and
-  decode donates its input: without a copy, decoding a fork would delete the
-  index of the prefix state we keep forking from.
-  """
-  return state.replace(cache=dict(state.cache, index=jnp.array(state.cache["index"])))
-
-
 def _bucket_rows(n: int, total: int, buckets: int) -> int:
   unit = max(-(-total // buckets), 1)
   return min(-(-n // unit) * unit, max(total, n))
@@ -270,7 +260,7 @@ def _continue(sampler, params, state, rows_A, resp_A, prompt_A, keys,
   pad_keys = jnp.concatenate(
       [keys, jnp.repeat(keys[:1], (g - len(rows_A)) * cfg.n_mc, axis=0)], axis=0)
   forked = sampler_lib.fork(sub, cfg.n_mc, key_B=pad_keys)
-  out = sampler.decode(params, _owned(forked), cfg.max_new_tokens)
+  out = sampler.decode(params, forked, cfg.max_new_tokens)
   toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
   n_real = len(rows_A) * cfg.n_mc
   budget.sampled_tokens += int(lens[:n_real].sum())
@@ -299,7 +289,7 @@ def _continue_prefilled(sampler, params, prefixes_A, resp_A, prompt_A, keys,
     budget.prefilled_tokens += sampler_lib.prefilled_tokens(rows[: a * n_mc])
   else:
     state = sampler.prefill(params, padded, None, key_B=keys[::n_mc])
-    state = _owned(sampler_lib.fork(state, n_mc, key_B=keys))
+    state = sampler_lib.fork(state, n_mc, key_B=keys)
     budget.prefilled_tokens += sampler_lib.prefilled_tokens(prefixes_A)
   state = state.replace(finished_B=state.finished_B | pad_B)
   out = sampler.decode(params, state, cfg.max_new_tokens)
@@ -398,7 +388,7 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
     mu_succ[:, 0] = succ_mu[prompt_of_row]
 
   seed_keys = jax.vmap(lambda r: jax.random.fold_in(k_seed, r))(jnp.arange(r_total))
-  seed = _owned(sampler_lib.fork(state, n_cov, key_B=seed_keys))
+  seed = sampler_lib.fork(state, n_cov, key_B=seed_keys)
   del state
   for h in range(1, cfg.max_steps + 1):
     out = sampler.decode(params, seed, cfg.max_step_tokens, stop_at_step=True)
@@ -629,31 +619,6 @@ def load_labelled(directory: str | Path, expect: dict | None = None) -> dict:
 # -----------------------------------------------------------------------------
 
 
-def load_params_replicated(path: str | Path, abstract: Any, mesh=None) -> Any:
-  """Params restored replicated on `mesh` (or one device).
-
-  The abstract trees of `nnx.eval_shape` under `jax.set_mesh` carry an
-  AbstractMesh, which orbax cannot restore onto: give every leaf a concrete
-  sharding first.
-  """
-  from pav_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  if mesh is None:
-    sh = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  else:
-    sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  concrete = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract)
-  return ckpt_lib.load_params(path, concrete)
-
-
-def load_policy(workdir: Path, setup, stage: str = "sft"):
-  """(graphdef, params) of an exported policy, replicated on setup.mesh."""
-  from pav_jax import transformer  # pylint: disable=g-import-not-at-top
-  graphdef, abstract = transformer.abstract_params(setup.model_cfg)
-  return graphdef, load_params_replicated(Path(workdir) / stage / "params",
-                                          abstract, getattr(setup, "mesh", None))
-
-
 def label_config(config) -> LabelConfig:
   lc = config.label
   return LabelConfig(
@@ -676,10 +641,11 @@ def stage_identity(config, workdir: Path, setup, prover_path: str) -> dict:
 
 def run_label(config, workdir: Path, mesh) -> dict:
   """Stage "label": train and eval labelled sets under <workdir>/label/."""
-  from pav_jax import train_policy  # stage layer
+  from pav_jax import train_lib  # stage layer
+  from pav_jax import train_policy
   from pav_jax import transformer
   setup = train_policy.make_setup(config, workdir, mesh)
-  graphdef, params = load_policy(workdir, setup)
+  graphdef, params = train_policy.load_policy(workdir, setup)
   lc = config.label
   sampler = sampler_lib.Sampler(
       graphdef, setup.model_cfg, cache_size=lc.cache_size,
@@ -687,9 +653,10 @@ def run_label(config, workdir: Path, mesh) -> dict:
       sampling=train_policy.make_sampler(setup, graphdef, config).sampling)
   prover = None
   if lc.prover_checkpoint:
-    _, abstract = transformer.abstract_params(setup.model_cfg)
-    prover = Prover(sampler, load_params_replicated(lc.prover_checkpoint,
-                                                    abstract, setup.mesh))
+    _, prover_params = train_lib.load_params(
+        lc.prover_checkpoint, lambda: transformer.create(setup.model_cfg),
+        setup.mesh)
+    prover = Prover(sampler, prover_params)
   cfg = label_config(config)
   identity = stage_identity(config, workdir, setup, lc.prover_checkpoint)
   summary, md = {}, ["| split | prompts | rollouts | prefixes | sampled tok | "

@@ -176,6 +176,8 @@ def fork(state: SamplerState, n: int, key_B: jax.Array | None = None) -> Sampler
   if key_B is None:
     key_B = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
         jnp.arange(n)))(state.key_B).reshape((b * n,) + state.key_B.shape[1:])
+  else:
+    key_B = jnp.copy(key_B)  # decode donates the state: keep the caller's keys
   return SamplerState(
       cache=transformer.fork_cache(state.cache, n),
       last_B=rep(state.last_B),
@@ -190,7 +192,7 @@ def select_rows(state: SamplerState, rows_R: jax.Array) -> SamplerState:
   take = lambda x: jnp.take(x, rows_R, axis=0)
   cache = {
       "pos": take(state.cache["pos"]),
-      "index": state.cache["index"],
+      "index": jnp.copy(state.cache["index"]),  # own buffer (see fork_cache)
       "layers": jax.tree.map(take, state.cache["layers"]),
   }
   return SamplerState(cache=cache, last_B=take(state.last_B),

@@ -84,6 +84,24 @@ def init_state(make_model: Callable[[], nnx.Module], tx, mesh, seed: int):
   return state, shardings, graphdef
 
 
+def load_params(path, make_model: Callable[[], nnx.Module], mesh):
+  """(graphdef, params) exported by a stage, restored sharded on `mesh`.
+
+  The abstract tree of `nnx.eval_shape` has no concrete sharding (under
+  `jax.set_mesh` it carries an AbstractMesh, which orbax cannot restore
+  onto); every leaf gets the NamedSharding its logical axes map to.
+  """
+  abstract_model = nnx.eval_shape(make_model)
+  graphdef, state = nnx.split(abstract_model, nnx.Param)
+  abstract = nnx.to_pure_dict(state)
+  shardings = sharding_lib.param_shardings(
+      sharding_lib.logical_axes(abstract_model), abstract, mesh)
+  concrete = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract, shardings)
+  return graphdef, ckpt_lib.load_params(path, concrete)
+
+
 def make_train_step(graphdef, loss_fn: LossFn, tx, state_shardings, mesh):
   """Jitted `step(state, batch) -> (state, metrics)` with donated state."""
 

@@ -165,9 +165,10 @@ def make_sampler(setup: Setup, graphdef, config) -> sampler_lib.Sampler:
 
 
 def load_policy(workdir: Path, setup: Setup, stage: str = "sft"):
-  """(graphdef, params) exported by a finished policy stage."""
-  graphdef, abstract = transformer.abstract_params(setup.model_cfg)
-  return graphdef, ckpt_lib.load_params(workdir / stage / "params", abstract)
+  """(graphdef, params) exported by a finished policy stage, on setup.mesh."""
+  return train_lib.load_params(
+      Path(workdir) / stage / "params",
+      lambda: transformer.create(setup.model_cfg), setup.mesh)
 
 
 def load_init_params(path: str, model_cfg: config_lib.ModelConfig):

@@ -127,18 +127,11 @@ def make_loss(kind: str, *, step_id: int, eos_id: int, num_prefixes: int):
   return loss_fn
 
 
-def abstract_verifier(model_cfg):
-  graphdef, state = nnx.split(
-      nnx.eval_shape(lambda: verifier.create(model_cfg)), nnx.Param)
-  return graphdef, nnx.to_pure_dict(state)
-
-
 def load_verifier(workdir: Path, setup, name: str):
   """(graphdef, params) of the verifier exported to <workdir>/verifiers/<name>."""
-  graphdef, abstract = abstract_verifier(setup.model_cfg)
-  return graphdef, labelling.load_params_replicated(
-      Path(workdir) / "verifiers" / name / "params", abstract,
-      getattr(setup, "mesh", None))
+  return train_lib.load_params(
+      Path(workdir) / "verifiers" / name / "params",
+      lambda: verifier.create(setup.model_cfg), setup.mesh)
 
 
 def train(*, stage_dir: Path, kind: str, arrays: dict, model_cfg, mesh,
@@ -330,7 +323,7 @@ def run_verifiers(config, workdir: Path, mesh) -> dict:
   t0 = time.time()
   workdir = Path(workdir)
   setup = train_policy.make_setup(config, workdir, mesh)
-  _, policy_params = labelling.load_policy(workdir, setup)
+  _, policy_params = train_policy.load_policy(workdir, setup)
   tok = setup.tok
   expect = {"tokenizer_sha256": labelling.tokenizer_sha256(tok),
             "step_id": tok.step_id, "eos_id": tok.eos_id}

@@ -108,7 +108,9 @@ def fork_cache(cache: Cache, n: int) -> Cache:
   """Replicates each row n times (row b -> rows b*n .. b*n+n-1)."""
   return {
       "pos": jnp.repeat(cache["pos"], n, axis=0),
-      "index": cache["index"],
+      # Own buffer: decode donates its input, and the source state (e.g. a
+      # prefix forked again and again) must keep its index.
+      "index": jnp.copy(cache["index"]),
       "layers": jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache["layers"]),
   }
 

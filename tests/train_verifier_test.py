@@ -55,7 +55,7 @@ def test_verifier_fits_synthetic_step_targets_and_exports(tmp_path):
   # Export -> load_verifier round trip gives the same scores.
   (tmp_path / "verifiers" / "prm_q").mkdir(parents=True)
   ckpt_lib.save_params(tmp_path / "verifiers" / "prm_q" / "params", params)
-  setup = type("S", (), {"model_cfg": CFG})()
+  setup = type("S", (), {"model_cfg": CFG, "mesh": mesh})()
   gd2, p2 = train_verifier.load_verifier(tmp_path, setup, "prm_q")
   pred2 = train_verifier.predict(gd2, p2, arrays, kind="prm_q", step_id=STEP,
                                  eos_id=EOS, batch_size=32)
