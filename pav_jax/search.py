@@ -283,13 +283,16 @@ def take_rows(cache, rows_R: jax.Array):
   """Gathers rows of a per-row cache pytree (scalars such as the shared
   write index are kept)."""
   return jax.tree.map(
-      lambda x: jnp.take(x, rows_R, axis=0) if x.ndim else x, cache)
+      lambda x: jnp.take(x, rows_R, axis=0) if x.ndim else jnp.copy(x), cache)
 
 
 def fork_rows(cache, n: int):
-  """Row b -> rows b*n .. b*n+n-1 (as `transformer.fork_cache`)."""
+  """Row b -> rows b*n .. b*n+n-1 (as `transformer.fork_cache`).
+
+  Scalars get their own buffer: `extend` donates the forked cache.
+  """
   return jax.tree.map(
-      lambda x: jnp.repeat(x, n, axis=0) if x.ndim else x, cache)
+      lambda x: jnp.repeat(x, n, axis=0) if x.ndim else jnp.copy(x), cache)
 
 
 class CachedVerifier:
