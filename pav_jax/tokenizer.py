@@ -104,13 +104,17 @@ class Tokenizer:
     return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-    """Text of `ids`, stopping at the first EOS and skipping PAD and BOS."""
+    """Text of `ids`, stopping at the first EOS and skipping PAD and BOS.
+
+    Ids past the tokenizer's pieces (a model's vocab_size may be larger, and
+    a sampler can emit them) decode as `<unk>`.
+    """
     out = []
     for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
       if i == self.eos_id:
         break
       if i not in (self.pad_id, self.bos_id):
-        out.append(i)
+        out.append(i if 0 <= i < self.vocab_size else self.unk_id)
     return self._sp.decode(out)
 
   def id_to_piece(self, i: int) -> str:
