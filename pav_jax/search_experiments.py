@@ -298,6 +298,11 @@ def main(argv):
                  f"{title}: PAV beam vs prover (alpha={alpha})")
       res_path.write_text(json.dumps(res, indent=2))
 
+    if "main" in res:  # summaries from the per-seed records (current code)
+      res["main"]["summaries"] = [
+          search.summarise(json.loads((out / f"main_seed{s}.json").read_text()))
+          for s in res["main"]["seeds"]]
+      res_path.write_text(json.dumps(res, indent=2))
     if "alpha" in res:
       al = res["alpha"]
       keys = list(al["acc"])

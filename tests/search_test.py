@@ -266,3 +266,19 @@ def test_chunking_does_not_change_results():
                              search.BeamConfig(batch_rows=12, **kw),
                              jax.random.key(4))
   assert big.compute == small.compute
+
+
+def test_summarise_compute_ratios():
+  res = {"methods": {
+      "orm_bon": {"acc": [0.2, 0.3, 0.4], "flops": [1.0, 2.0, 4.0]},
+      "pav_beam": {"acc": [0.35, 0.45, 0.5], "flops": [1.0, 2.0, 4.0]},
+      "prm_q_beam": {"acc": [0.1, 0.2, 0.5], "flops": [1.0, 2.0, 4.0]},
+      "pav_orm_bon": {"acc": [0.2, 0.3, 0.45], "flops": [1.0, 2.0, 4.0]}}}
+  s = search.summarise(res)
+  # PAV reaches ORM@max (0.4) between flops 1 and 2 (log-interpolated).
+  assert s["pav_vs_orm_compute_ratio"] == pytest.approx(4.0 / 2**0.5)
+  assert s["pav_vs_orm_acc_gap_at_equal_compute"] == pytest.approx(
+      [0.15, 0.15, 0.1])
+  assert s["pav_vs_orm_best_compute_ratio"] == pytest.approx(4.0 / 2**0.5)
+  assert s["pav_vs_prm_q_beam_compute_ratio"] == pytest.approx(1.0)
+  assert s["pav_orm_vs_orm_at_max_n"] == pytest.approx(0.05)
