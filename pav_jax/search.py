@@ -196,7 +196,8 @@ def pass_at_n(correct_PK: np.ndarray, n: int) -> float:
   return float(advantages.pass_at_k(np.full(p, k), correct_PK.sum(1), n).mean())
 
 
-def interp_log(x: float, xs: Sequence[float], ys: Sequence[float]) -> float | None:
+def interp_log(x: float, xs: Sequence[float],
+               ys: Sequence[float]) -> float | None:
   """y at x by linear interpolation in log(x) along a curve (None outside)."""
   xs, ys = np.asarray(xs, float), np.asarray(ys, float)
   order = np.argsort(xs)
@@ -225,7 +226,7 @@ def compute_to_match(target_acc: float, flops: Sequence[float],
   return None
 
 
-# Compute accounting ------------------------------------------------------------
+# Compute accounting -----------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -237,7 +238,8 @@ class Compute:
   verifier_tokens: float = 0.0
 
   def flops(self, policy_params: int, verifier_params: int) -> float:
-    return (2.0 * policy_params * (self.prefilled_tokens + self.generated_tokens)
+    policy_tokens = self.prefilled_tokens + self.generated_tokens
+    return (2.0 * policy_params * policy_tokens
             + 2.0 * verifier_params * self.verifier_tokens)
 
   def scaled(self, f: float) -> "Compute":
@@ -320,7 +322,7 @@ class CachedVerifier:
                           jnp.asarray(pos0_B, jnp.int32), cache)
 
 
-# Beam search -------------------------------------------------------------------
+# Beam search ------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -483,7 +485,7 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
                     [[t for _, t, _ in pool] for pool in pools], compute)
 
 
-# Best-of-N ---------------------------------------------------------------------
+# Best-of-N --------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -521,7 +523,7 @@ def draw_samples(sampler: sampler_lib.Sampler, policy_params, task, tok,
 
 def trajectories(prompts, responses, finished, pad_id: int, eos_id: int,
                  multiple: int = 32):
-  """Right-padded BOS + prompt + response (+ EOS) rows: (tokens, valid, plen)."""
+  """Right-padded BOS + prompt + response (+ EOS): (tokens, valid, plen)."""
   rows = [list(pr) + list(r) + ([eos_id] if f else [])
           for pr, r, f in zip(prompts, responses, finished)]
   t = -(-max(len(x) for x in rows) // multiple) * multiple
@@ -588,7 +590,7 @@ def bon_compute(samples: Samples, n: int, verifiers: int) -> Compute:
                  verifier_tokens=verifiers * (n * plen + gen))
 
 
-# The comparison ----------------------------------------------------------------
+# The comparison ---------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -712,7 +714,11 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
           "cpu_seconds": time.process_time() - c0}
 
 
-# Summary, plots, report ----------------------------------------------------------
+# Summary, plots, report -------------------------------------------------------
+
+
+def _curve(m: dict, name: str) -> tuple[list, list]:
+  return m[name]["flops"], m[name]["acc"]
 
 
 def summarise(results: dict) -> dict:
@@ -721,7 +727,7 @@ def summarise(results: dict) -> dict:
   out = {}
   if "orm_bon" in m and "pav_beam" in m:
     ref_acc, ref_f = m["orm_bon"]["acc"][-1], m["orm_bon"]["flops"][-1]
-    need = compute_to_match(ref_acc, m["pav_beam"]["flops"], m["pav_beam"]["acc"])
+    need = compute_to_match(ref_acc, *_curve(m, "pav_beam"))
     need = need if ref_acc > 0 else None  # nothing to match
     out["orm_bon_max_acc"] = ref_acc
     out["pav_vs_orm_compute_ratio"] = None if need is None else ref_f / need
@@ -736,7 +742,7 @@ def summarise(results: dict) -> dict:
     # the ORM curve falls with N; also match the ORM's best point.
     i = int(np.argmax(m["orm_bon"]["acc"]))
     ref_acc, ref_f = m["orm_bon"]["acc"][i], m["orm_bon"]["flops"][i]
-    need = compute_to_match(ref_acc, m["pav_beam"]["flops"], m["pav_beam"]["acc"])
+    need = compute_to_match(ref_acc, *_curve(m, "pav_beam"))
     out["orm_bon_best_acc"] = ref_acc
     out["pav_vs_orm_best_compute_ratio"] = (
         None if need is None or ref_acc <= 0 else ref_f / need)
@@ -744,7 +750,7 @@ def summarise(results: dict) -> dict:
         max(m["pav_beam"]["acc"]) - ref_acc)
   if "prm_q_beam" in m and "pav_beam" in m:
     ref_acc, ref_f = m["prm_q_beam"]["acc"][-1], m["prm_q_beam"]["flops"][-1]
-    need = compute_to_match(ref_acc, m["pav_beam"]["flops"], m["pav_beam"]["acc"])
+    need = compute_to_match(ref_acc, *_curve(m, "pav_beam"))
     need = need if ref_acc > 0 else None
     out["pav_vs_prm_q_beam_compute_ratio"] = (
         None if need is None else ref_f / need)
@@ -823,7 +829,7 @@ def report_md(results: dict, summary: dict, plots: Sequence[str] = ()) -> str:
   return "\n".join(lines)
 
 
-# The stage ---------------------------------------------------------------------
+# The stage --------------------------------------------------------------------
 
 
 def run_search(config, workdir: Path, mesh) -> dict:

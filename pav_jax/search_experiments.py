@@ -37,9 +37,11 @@ from pav_jax import sharding
 log = logging.getLogger(__name__)
 
 _CONFIG = config_flags.DEFINE_config_file("config", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline workdir (sft, verifiers).")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Pipeline workdir (sft, verifiers).")
 _OUT = flags.DEFINE_string("out", None, "Experiment directory for the records.")
-_PARTS = flags.DEFINE_string("parts", "alpha,main,prover", "Which parts to run.")
+_PARTS = flags.DEFINE_string("parts", "alpha,main,prover",
+                              "Which parts to run.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Sampling seeds.")
 _NS = flags.DEFINE_string("ns", "2,4,8,16,32,64,128", "N values (main part).")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 64, "Test problems.")
@@ -50,7 +52,8 @@ _SWEEP_PROMPTS = flags.DEFINE_integer("sweep_prompts", 64,
                                       "Validation problems of the alpha sweep.")
 _SWEEP_SEEDS = flags.DEFINE_string("sweep_seeds", "0,1", "Seeds of the sweeps.")
 _PROVER_KS = flags.DEFINE_string("prover_ks", "1,2,4,8,16,32", "Bo-K provers.")
-_PROVER_NS = flags.DEFINE_string("prover_ns", "4,16", "Beam sizes, prover sweep.")
+_PROVER_NS = flags.DEFINE_string("prover_ns", "4,16",
+                                  "Beam sizes of the prover sweep.")
 _ALPHA = flags.DEFINE_float("alpha", -1.0,
                             "Use this alpha (skips the choice); < 0: sweep's.")
 
@@ -71,7 +74,8 @@ def mean_std(runs: list[dict]) -> dict:
   for name in runs[0]["methods"]:
     acc = np.array([r["methods"][name]["acc"] for r in runs])
     fl = np.array([r["methods"][name]["flops"] for r in runs])
-    out[name] = {"acc_mean": acc.mean(0).tolist(), "acc_std": acc.std(0).tolist(),
+    out[name] = {"acc_mean": acc.mean(0).tolist(),
+                 "acc_std": acc.std(0).tolist(),
                  "flops_mean": fl.mean(0).tolist()}
   return out
 

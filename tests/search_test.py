@@ -64,7 +64,7 @@ class TokenScorer:
     return jnp.where(seen_B, self.hi, self.lo), cache
 
 
-# Pure functions -----------------------------------------------------------------
+# Pure functions ---------------------------------------------------------------
 
 
 def test_fig2a_q_and_advantage_selection_differ():
@@ -160,7 +160,7 @@ def test_bon_compute_hand_counts():
   assert search.bon_compute(smp, 4, verifiers=0).verifier_tokens == 0
 
 
-# Beam search --------------------------------------------------------------------
+# Beam search ------------------------------------------------------------------
 
 
 def _greedy_reference(sampler, params, prompts, max_steps, max_step_tokens):
