@@ -474,9 +474,15 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
       best = max(range(len(pools[pi])), key=lambda j: pools[pi][j][0])
       _, trace, vals = pools[pi][best]
       fin[pi] = True
-    else:  # nothing finished: the best unfinished beam (graded as is)
+    elif alive_R[pi * b:(pi + 1) * b].any():
+      # Nothing finished: the best live (unfinished) beam, graded as is.
       rows = np.arange(pi * b, (pi + 1) * b)
-      i = rows[np.argmax(np.where(rlen_R[rows] > 0, q_R[rows], -np.inf))]
+      i = rows[np.argmax(np.where(alive_R[rows], q_R[rows], -np.inf))]
+      trace = resp_RL[i, : rlen_R[i]].tolist()
+      vals = vals_RH[i, : 1 + nstep_R[i]].tolist()
+    else:  # every beam died (an over-long step): the longest partial trace
+      rows = np.arange(pi * b, (pi + 1) * b)
+      i = rows[np.argmax(rlen_R[rows])]
       trace = resp_RL[i, : rlen_R[i]].tolist()
       vals = vals_RH[i, : 1 + nstep_R[i]].tolist()
     responses.append(trace)
