@@ -67,7 +67,7 @@ def logical_axes(model: nnx.Module) -> dict:
     node = out
     for k in path[:-1]:
       node = node.setdefault(k, {})
-    node[path[-1]] = tuple(getattr(var, "axes", None) or (None,) * var.value.ndim)
+    node[path[-1]] = tuple(getattr(var, "axes", None) or (None,) * var.get_value().ndim)
   return out
 
 
