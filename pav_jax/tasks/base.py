@@ -133,6 +133,22 @@ def split_rng(name: str, split: str, seed: int) -> random.Random:
   return random.Random(f"{name}/{split}/{seed}")
 
 
+def generate_split(task, split: str, num: int | None, seed: int) -> list[Example]:
+  """`num` (default 1000) seeded problems of a synthetic task in `split`.
+
+  `task._generate(rng, uid)` draws one problem; problems are kept when their
+  question hashes into `split`, so the splits never overlap.
+  """
+  check_split(split)
+  rng = split_rng(task.name, split, seed)
+  out = []
+  while len(out) < (1000 if num is None else num):
+    ex = task._generate(rng, uid=f"{task.name}/{split}/{seed}/{len(out)}")  # pylint: disable=protected-access
+    if in_split(ex.question, split):
+      out.append(ex)
+  return out
+
+
 # -- File-backed data ----------------------------------------------------------
 
 

@@ -68,14 +68,7 @@ class CountdownTask(base.QATask):
       self, split: str, num: int | None = None, seed: int = 0
   ) -> list[base.Example]:
     """Generates `num` (default 1000) solvable problems of `split`, seeded."""
-    base.check_split(split)
-    rng = base.split_rng(self.name, split, seed)
-    out = []
-    while len(out) < (1000 if num is None else num):
-      ex = self._generate(rng, uid=f"{self.name}/{split}/{seed}/{len(out)}")
-      if base.in_split(ex.question, split):
-        out.append(ex)
-    return out
+    return base.generate_split(self, split, num, seed)
 
   def grade(self, ex: base.Example, response: str) -> float:
     """1.0 iff every step is valid and the steps reach the target."""
