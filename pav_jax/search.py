@@ -844,7 +844,7 @@ def run_search(config, workdir: Path, mesh) -> dict:
   from pav_jax import train_verifier
   workdir = Path(workdir)
   setup = train_policy.make_setup(config, workdir, mesh)
-  graphdef, params = load_policy_replicated(workdir, setup)
+  graphdef, params = train_policy.load_policy(workdir, setup)
   verifiers = {name: train_verifier.load_verifier(workdir, setup, name)
                for name in ("orm", "prm_q")}
   settings = settings_from_config(config)
@@ -857,19 +857,6 @@ def run_search(config, workdir: Path, mesh) -> dict:
                     settings=settings, rng=jax.random.key(config.seed + 7))
   return write_outputs(results, workdir / "search", workdir,
                        title=f"{config.task.name}: search")
-
-
-def load_policy_replicated(workdir: Path, setup, stage: str = "sft"):
-  """The exported policy, every leaf replicated on setup.mesh (or device 0)."""
-  from pav_jax import checkpoint as ckpt_lib
-  graphdef, abstract = transformer.abstract_params(setup.model_cfg)
-  mesh = getattr(setup, "mesh", None)
-  sh = (jax.sharding.SingleDeviceSharding(jax.devices()[0]) if mesh is None
-        else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  concrete = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract)
-  return graphdef, ckpt_lib.load_params(Path(workdir) / stage / "params",
-                                        concrete)
 
 
 def make_search_sampler(setup, graphdef, config, settings: SearchSettings,

@@ -93,8 +93,7 @@ class Runner:
     from pav_jax import train_verifier
     self.config = config
     self.setup = train_policy.make_setup(config, workdir, mesh)
-    self.graphdef, self.params = search.load_policy_replicated(workdir,
-                                                               self.setup)
+    self.graphdef, self.params = train_policy.load_policy(workdir, self.setup)
     self.verifiers = {n: train_verifier.load_verifier(workdir, self.setup, n)
                       for n in ("orm", "prm_q")}
     self.beam_verifier = search.CachedVerifier(*self.verifiers["prm_q"])
