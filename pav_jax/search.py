@@ -770,31 +770,44 @@ PLOT_METHODS = ("pass@N", "majority", "orm_bon", "pav_orm_bon", "prm_q_beam",
                 "pav_beam")
 
 
-def plot(results: dict, path_n: Path, path_c: Path, title: str = "") -> None:
-  """Accuracy vs N and accuracy vs FLOPs per problem (PNG)."""
+def plot_accuracy(curves: dict[str, dict], ns, path_n: Path, path_c: Path,
+                  title: str = "", ylabel: str = "accuracy") -> None:
+  """Accuracy vs N and vs FLOPs per problem (PNG), one line per method.
+
+  curves: method -> {"acc": [...], "flops": [...], optional "std": [...]}
+  (drawn as a band); methods are taken in PLOT_METHODS order.
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  ns = results["ns"]
   for path, xkey in ((path_n, "N"), (path_c, "flops")):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name in PLOT_METHODS:
-      d = results["methods"].get(name)
+      d = curves.get(name)
       if d is None:
         continue
-      x = ns if xkey == "N" else d["flops"]
-      ax.plot(x, d["acc"], marker="o", label=name,
+      x = np.asarray(ns if xkey == "N" else d["flops"], float)
+      m = np.asarray(d["acc"], float)
+      ax.plot(x, m, marker="o", label=name,
               linestyle="--" if name == "pass@N" else "-")
+      if d.get("std") is not None:
+        sd = np.asarray(d["std"], float)
+        ax.fill_between(x, m - sd, m + sd, alpha=0.15)
     ax.set_xscale("log", base=2 if xkey == "N" else 10)
     ax.set_xlabel("N (samples / beam size)" if xkey == "N"
                   else "FLOPs per problem (policy + verifier)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot(results: dict, path_n: Path, path_c: Path, title: str = "") -> None:
+  """Accuracy vs N and accuracy vs FLOPs per problem of one comparison."""
+  plot_accuracy(results["methods"], results["ns"], path_n, path_c, title)
 
 
 def _fmt(x) -> str:

@@ -118,33 +118,13 @@ class Runner:
 
 
 def plot_main(agg: dict, ns: list[int], out: Path, title: str) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  paths = []
-  for xkey, fname in (("N", "acc_vs_n.png"), ("flops", "acc_vs_compute.png")):
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for name in search.PLOT_METHODS:
-      if name not in agg:
-        continue
-      d = agg[name]
-      x = np.array(ns if xkey == "N" else d["flops_mean"], float)
-      m, s = np.array(d["acc_mean"]), np.array(d["acc_std"])
-      ax.plot(x, m, marker="o", label=name,
-              linestyle="--" if name == "pass@N" else "-")
-      ax.fill_between(x, m - s, m + s, alpha=0.15)
-    ax.set_xscale("log", base=2 if xkey == "N" else 10)
-    ax.set_xlabel("N (samples / beam size)" if xkey == "N"
-                  else "FLOPs per problem (policy + verifier)")
-    ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / fname, dpi=110)
-    plt.close(fig)
-    paths.append(fname)
-  return paths
+  """Mean ± std over seeds of accuracy vs N and vs compute."""
+  curves = {name: {"acc": d["acc_mean"], "std": d["acc_std"],
+                   "flops": d["flops_mean"]} for name, d in agg.items()}
+  names = ["acc_vs_n.png", "acc_vs_compute.png"]
+  search.plot_accuracy(curves, ns, out / names[0], out / names[1], title,
+                       ylabel="test accuracy (mean ± std over seeds)")
+  return names
 
 
 def plot_lines(xs, curves: dict[str, tuple[list, list]], xlabel: str,
