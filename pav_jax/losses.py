@@ -31,10 +31,18 @@ def next_token_xent(
 
 def sigmoid_bce(logits: jax.Array, targets: jax.Array, mask: jax.Array,
                 weights: jax.Array | None = None) -> jax.Array:
-  """Binary cross-entropy with soft targets in [0, 1] on sigmoid logits."""
+  """Binary cross-entropy with soft targets in [0, 1] on sigmoid logits.
+
+  Written as t * softplus(-x) + (1 - t) * softplus(x), which is stable for
+  large |x| and smooth everywhere: its gradient is sigmoid(x) - t, also at
+  x == 0 (0.5 - t), so a zero-initialised head gets a non-zero gradient
+  even when every target is 0. (A form with `abs(x)` has a kink at 0 whose
+  subgradient JAX takes as -t there, which froze such heads.)
+  """
   logits = logits.astype(jnp.float32)
-  losses = (jnp.maximum(logits, 0) - logits * targets
-            + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+  targets = targets.astype(jnp.float32)
+  losses = (targets * jax.nn.softplus(-logits)
+            + (1.0 - targets) * jax.nn.softplus(logits))
   if weights is not None:
     mask = mask.astype(jnp.float32) * weights
   return masked_mean(losses, mask)
