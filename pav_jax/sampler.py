@@ -12,6 +12,18 @@ The state holds the token that was sampled last but not yet fed to the model
 prompt minus its last token for the same reason. Per-row randomness is
 `fold_in(key_B[b], position)`, so a row's samples depend only on its key and
 its own positions: resumed == uninterrupted, forked == independent rows.
+
+On a mesh (a `mesh=` constructor argument, or the one entered with
+`jax.set_mesh`, e.g. by main.py) the rows of the tokens, keys and KV cache
+are split over the batch axes ('data', 'fsdp') and the KV heads over
+'tensor' (kv_cache.py); params are placed by the training rules
+(`sharding.param_shardings`). Prefill and decode are jitted on inputs placed
+with those shardings and constrain every output to them, as do `fork` and
+`select_rows`, so each device decodes only its rows. A batch that the batch
+axes do not divide is not padded: its rows are replicated (correct, every
+device decodes every row). Callers that want the split pad their rows to a
+multiple of `Sampler.row_multiple()` (labelling and search already pad rows
+to fixed chunk sizes).
 """
 
 import dataclasses
@@ -23,7 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax import nnx
+
 from pav_jax import config as config_lib
+from pav_jax import kv_cache
+from pav_jax import sharding as sharding_lib
 from pav_jax import transformer
 
 # stop_B codes.
@@ -82,28 +98,29 @@ def sample_logits(
   return jax.vmap(jax.random.categorical)(key_B, logits_BV).astype(jnp.int32)
 
 
-def _prefill(graphdef, cfg, params, tokens_BT, length_B, key_B, cache_size):
+def _prefill(graphdef, cfg, params, tokens_BT, length_B, key_B, cache_size,
+             mesh=None):
   """Feeds tokens[:, :length-1]; the last prompt token is fed by decode."""
   b, t = tokens_BT.shape
-  cache = transformer.init_cache(cfg, b, cache_size)
+  cache = kv_cache.create(cfg, b, cache_size, mesh=mesh)
   col_BT = jnp.arange(t, dtype=jnp.int32)[None, :]
   valid_BT = col_BT < (length_B - 1)[:, None]
   pos_BT = jnp.broadcast_to(col_BT, (b, t))
   _, cache = transformer.forward(graphdef, params, tokens_BT, pos_BT, valid_BT, cache)
   last_B = jnp.take_along_axis(tokens_BT, (length_B - 1)[:, None], axis=1)[:, 0]
-  return SamplerState(
+  return kv_cache.constrain(SamplerState(
       cache=cache,
       last_B=last_B.astype(jnp.int32),
       pos_B=(length_B - 1).astype(jnp.int32),
       finished_B=jnp.zeros((b,), bool),
       key_B=key_B,
-  )
+  ), mesh)
 
 
 def _decode(
     graphdef, params, state: SamplerState, *, max_new_tokens: int,
     stop_at_step: bool, eos_id: int, step_id: int, pad_id: int,
-    sampling: SamplingConfig,
+    sampling: SamplingConfig, mesh=None,
 ):
   """lax.while_loop decode of up to max_new_tokens tokens per row."""
   b = state.last_B.shape[0]
@@ -155,56 +172,56 @@ def _decode(
   _, state, done_B, stop_B, tokens_BN, logprobs_BN, length_B = (
       jax.lax.while_loop(cond, body, init))
   stop_B = jnp.where(done_B, stop_B, CACHE_FULL)
-  return DecodeOutput(
+  return kv_cache.constrain(DecodeOutput(
       tokens_BN=tokens_BN,
       logprobs_BN=logprobs_BN,
       step_end_BN=(tokens_BN == step_id) & (jnp.arange(n)[None, :] < length_B[:, None]),
       length_B=length_B,
       stop_B=stop_B,
       state=state,
-  )
+  ), mesh)
 
 
-def fork(state: SamplerState, n: int, key_B: jax.Array | None = None) -> SamplerState:
+def fork(state: SamplerState, n: int, key_B: jax.Array | None = None,
+         mesh=None) -> SamplerState:
   """Replicates every row n times without recomputing its prefix.
 
   Row b becomes rows b*n .. b*n+n-1. Their keys are `key_B` when given
-  (shape [B*n]), else fold_in(key of row b, j) for j < n.
+  (shape [B*n]), else fold_in(key of row b, j) for j < n. The result owns
+  its buffers (decode donates it) and keeps the row sharding of the state
+  (or of `mesh`).
   """
-  b = state.last_B.shape[0]
-  rep = functools.partial(jnp.repeat, repeats=n, axis=0)
+  forked = kv_cache.fork_rows(state, n, mesh)
   if key_B is None:
-    key_B = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
-        jnp.arange(n)))(state.key_B).reshape((b * n,) + state.key_B.shape[1:])
+    j_B = jnp.arange(forked.last_B.shape[0], dtype=jnp.int32) % n
+    key_B = jax.vmap(jax.random.fold_in)(forked.key_B, j_B)
   else:
     key_B = jnp.copy(key_B)  # decode donates the state: keep the caller's keys
-  return SamplerState(
-      cache=transformer.fork_cache(state.cache, n),
-      last_B=rep(state.last_B),
-      pos_B=rep(state.pos_B),
-      finished_B=rep(state.finished_B),
-      key_B=key_B,
-  )
+  if not kv_cache._is_tracer(key_B):
+    mesh = kv_cache.mesh_of(forked, mesh)
+  key_B = kv_cache.constrain(key_B, mesh)
+  return forked.replace(key_B=key_B)
 
 
-def select_rows(state: SamplerState, rows_R: jax.Array) -> SamplerState:
-  """Gathers rows (e.g. the surviving beams) of a state; shapes follow rows_R."""
-  take = lambda x: jnp.take(x, rows_R, axis=0)
-  cache = {
-      "pos": take(state.cache["pos"]),
-      "index": jnp.copy(state.cache["index"]),  # own buffer (see fork_cache)
-      "layers": jax.tree.map(take, state.cache["layers"]),
-  }
-  return SamplerState(cache=cache, last_B=take(state.last_B),
-                      pos_B=take(state.pos_B), finished_B=take(state.finished_B),
-                      key_B=take(state.key_B))
+def select_rows(state: SamplerState, rows_R: jax.Array,
+                mesh=None) -> SamplerState:
+  """Gathers rows (e.g. the surviving beams) of a state; shapes follow rows_R.
+
+  The result owns its buffers and keeps the row sharding (see `fork`).
+  """
+  return kv_cache.take_rows(state, rows_R, mesh)
 
 
 class Sampler:
   """Host-side driver of the jitted prefill / decode functions.
 
-  Compiles prefill once per (batch, bucket) and decode once per (batch,
-  max_new_tokens, stop_at_step). `trace_counts` counts traces, for tests.
+  Compiles prefill once per (batch, bucket, cache size) and decode once per
+  (batch, cache size, max_new_tokens, stop_at_step). `trace_counts` counts
+  traces, for tests. `cache_size` is the default KV-cache size; prefill and
+  generate take a per-call `cache_size=` so one sampler serves evaluation,
+  labelling, search and RL. `mesh` (default: the mesh entered with
+  `jax.set_mesh` at call time, if any) shards rows and KV heads; see the
+  module docstring.
   """
 
   def __init__(
@@ -218,6 +235,7 @@ class Sampler:
       pad_id: int = 0,
       sampling: SamplingConfig = SamplingConfig(),
       buckets: Sequence[int] = DEFAULT_BUCKETS,
+      mesh: jax.sharding.Mesh | None = None,
   ):
     self.graphdef = graphdef
     self.model_cfg = model_cfg
@@ -225,7 +243,10 @@ class Sampler:
     self.eos_id, self.step_id, self.pad_id = eos_id, step_id, pad_id
     self.sampling = sampling
     self.buckets = tuple(sorted(buckets))
+    self.mesh = mesh
     self.trace_counts = {"prefill": 0, "decode": 0}
+    self._param_sh: dict = {}
+    self._placed: tuple | None = None
 
     def counted(name, fn):
       def wrapped(*a, **kw):
@@ -235,13 +256,63 @@ class Sampler:
 
     self._prefill = jax.jit(
         counted("prefill", functools.partial(_prefill, graphdef, model_cfg)),
-        static_argnames=("cache_size",))
+        static_argnames=("cache_size", "mesh"))
     self._decode = jax.jit(
         counted("decode", functools.partial(
             _decode, graphdef, eos_id=eos_id, step_id=step_id, pad_id=pad_id,
             sampling=sampling)),
-        static_argnames=("max_new_tokens", "stop_at_step"),
+        static_argnames=("max_new_tokens", "stop_at_step", "mesh"),
         donate_argnums=(1,))
+
+  # Sharding ------------------------------------------------------------------
+
+  def current_mesh(self) -> jax.sharding.Mesh | None:
+    """The mesh rows are split over (None: one device, no sharding)."""
+    return sharding_lib.current_mesh(self.mesh)
+
+  def row_multiple(self) -> int:
+    """Row counts that are multiples of this are split over the devices."""
+    mesh = self.current_mesh()
+    return 1 if mesh is None else sharding_lib.batch_devices(mesh)
+
+  def param_shardings(self, params, mesh) -> dict | None:
+    """The training rules' shardings for the policy params (None: unknown
+    structure, left as placed)."""
+    if mesh not in self._param_sh:
+      model = nnx.eval_shape(lambda: transformer.create(self.model_cfg))
+      axes = sharding_lib.logical_axes(model)
+      try:
+        self._param_sh[mesh] = sharding_lib.param_shardings(axes, params, mesh)
+      except (ValueError, TypeError, KeyError):
+        self._param_sh[mesh] = None
+    return self._param_sh[mesh]
+
+  def place_params(self, params, mesh=None):
+    """Params on the mesh by the training rules (no-op where they are)."""
+    mesh = mesh or self.current_mesh()
+    if mesh is None:
+      return params
+    if (self._placed is not None and self._placed[0] is params
+        and self._placed[1] == mesh):
+      return self._placed[2]
+    sh = self.param_shardings(params, mesh)
+    if sh is None:
+      return params
+    moved = [False]
+
+    def put(x, s):
+      if getattr(x, "sharding", None) == s:
+        return x
+      moved[0] = True
+      return jax.device_put(x, s)
+
+    placed = jax.tree.map(put, params, sh)
+    # Remember a resharded copy so repeated calls with the same params do
+    # not copy them again.
+    self._placed = (params, mesh, placed) if moved[0] else None
+    return placed
+
+  # Sampling ------------------------------------------------------------------
 
   def bucket(self, length: int) -> int:
     for b in self.buckets:
@@ -251,18 +322,21 @@ class Sampler:
         f"prompt of {length} tokens is longer than the largest bucket "
         f"{self.buckets[-1]}: add a bucket or shorten the prompt")
 
-  def pad_prompts(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  def pad_prompts(self, prompts: Sequence[Sequence[int]],
+                  cache_size: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Right-pads token lists to one bucket length; returns (tokens, lengths)."""
+    cache_size = cache_size or self.cache_size
     if not prompts:
       raise ValueError("no prompts given")
     lengths = np.array([len(p) for p in prompts], np.int32)
     if lengths.min() < 1:
       raise ValueError("every prompt needs at least one token (e.g. BOS)")
     t = self.bucket(int(lengths.max()))
-    if t + 1 > self.cache_size:
+    if t + 1 > cache_size:
       raise ValueError(
           f"prompt of {lengths.max()} tokens (bucket {t}) does not fit the "
-          f"KV cache of {self.cache_size} slots: raise cache_size above "
+          f"KV cache of {cache_size} slots: raise cache_size above "
           f"{t} plus the tokens to generate, or shorten the prompt")
     tokens = np.full((len(prompts), t), self.pad_id, np.int32)
     for i, p in enumerate(prompts):
@@ -270,22 +344,32 @@ class Sampler:
     return tokens, lengths
 
   def prefill(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array,
-              key_B: jax.Array | None = None) -> SamplerState:
-    tokens, lengths = self.pad_prompts(prompts)
+              key_B: jax.Array | None = None,
+              cache_size: int | None = None) -> SamplerState:
+    """Prefills a KV cache of `cache_size` (default: the sampler's) slots."""
+    cache_size = cache_size or self.cache_size
+    tokens, lengths = self.pad_prompts(prompts, cache_size)
     if key_B is None:
       key_B = jax.random.split(rng, len(prompts))
-    return self._prefill(params, jnp.asarray(tokens), jnp.asarray(lengths),
-                         key_B, cache_size=self.cache_size)
+    mesh = self.current_mesh()
+    rows = kv_cache.constrain(
+        (jnp.asarray(tokens), jnp.asarray(lengths), key_B), mesh)
+    return self._prefill(self.place_params(params, mesh), *rows,
+                         cache_size=cache_size, mesh=mesh)
 
   def decode(self, params, state: SamplerState, max_new_tokens: int,
              stop_at_step: bool = False) -> DecodeOutput:
     """Decodes; the input state's buffers are donated (use out.state)."""
-    return self._decode(params, state, max_new_tokens=max_new_tokens,
-                        stop_at_step=stop_at_step)
+    mesh = self.current_mesh()
+    return self._decode(self.place_params(params, mesh),
+                        kv_cache.constrain(state, mesh),
+                        max_new_tokens=max_new_tokens,
+                        stop_at_step=stop_at_step, mesh=mesh)
 
   def generate(self, params, prompts, rng, max_new_tokens: int,
-               stop_at_step: bool = False) -> DecodeOutput:
-    state = self.prefill(params, prompts, rng)
+               stop_at_step: bool = False,
+               cache_size: int | None = None) -> DecodeOutput:
+    state = self.prefill(params, prompts, rng, cache_size=cache_size)
     return self.decode(params, state, max_new_tokens, stop_at_step)
 
 

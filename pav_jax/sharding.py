@@ -113,6 +113,55 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def batch_devices(mesh) -> int:
+  """How many ways `batch_sharding` splits the rows (data x fsdp)."""
+  return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES]))
+
+
+def rows_spec(shape: Sequence[int], mesh, kv_heads_dim: int | None = None) -> P:
+  """PartitionSpec of a per-row array (tokens, keys, KV cache).
+
+  The leading (row) dimension goes over the batch axes ('data', 'fsdp') when
+  their product divides it; otherwise the rows are replicated (every device
+  holds every row: correct, but no split). `kv_heads_dim`, when given, is
+  split over 'tensor' like the 'kv_heads' rule of the parameters. Scalars
+  are replicated.
+  """
+  if not shape:
+    return P()
+  parts: list[Any] = [None] * len(shape)
+  n = batch_devices(mesh)
+  if n > 1 and shape[0] % n == 0:
+    axes = tuple(a for a in BATCH_AXES if mesh.shape.get(a, 1) > 1)
+    parts[0] = axes if len(axes) > 1 else axes[0]
+  if kv_heads_dim is not None:
+    t = RULES["kv_heads"]
+    if t and mesh.shape.get(t, 1) > 1 and shape[kv_heads_dim] % mesh.shape[t] == 0:
+      parts[kv_heads_dim] = t
+  return P(*parts)
+
+
+def rows_sharding(shape: Sequence[int], mesh,
+                  kv_heads_dim: int | None = None) -> NamedSharding:
+  """NamedSharding of `rows_spec`."""
+  return NamedSharding(mesh, rows_spec(shape, mesh, kv_heads_dim))
+
+
+def current_mesh(mesh=None):
+  """`mesh`, else the one entered with `jax.set_mesh`; None for 1 device.
+
+  Under a jit trace the entered mesh is the abstract one.
+  """
+  if mesh is None:
+    try:
+      mesh = jax.sharding.get_mesh()
+    except ValueError:  # tracing
+      mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or mesh.size <= 1:
+    return None
+  return mesh
+
+
 def describe(shardings: Any) -> list[str]:
   """Human-readable 'path: spec' lines, for logs."""
   return [f"{jax.tree_util.keystr(k)}: {s.spec}" for k, s in

@@ -1,13 +1,8 @@
-"""The Gemma-2 decoder backbone, its KV cache, and the pure forward function.
+"""The Gemma-2 decoder backbone and the pure forward function.
 
-The cache is a plain pytree with static shapes:
-  {'pos': int32 [B, S]  absolute position of each slot, -1 when empty,
-   'index': int32 []    next slot to write (shared by all rows),
-   'layers': {'layer_i': {'k': [B, S, K, H], 'v': [B, S, K, H]}}}
-Rows of different lengths share one write index: padding and tokens of rows
-that are not decoding get position -1 and are never attended to. That keeps
-every write a `dynamic_update_slice` at a scalar offset, and makes forking a
-prefix into n rows a `repeat` along the batch axis.
+The forward reads and writes the KV cache of kv_cache.py (layout and
+sharding there); `init_cache` / `fork_cache` are kept here as aliases of
+`kv_cache.create` / `kv_cache.fork`.
 """
 
 import jax
@@ -15,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pav_jax import config as config_lib
+from pav_jax import kv_cache
 from pav_jax import layers
 
 Cache = dict
@@ -88,31 +84,9 @@ def _run_block(block, x_BTD, pos_BT, kpos_BS):
   return block(x_BTD, pos_BT, kpos_BS, None, None)
 
 
-def init_cache(
-    cfg: config_lib.ModelConfig, batch: int, size: int, dtype=None
-) -> Cache:
-  """An empty cache of `size` slots for `batch` rows."""
-  dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
-  return {
-      "pos": jnp.full((batch, size), -1, jnp.int32),
-      "index": jnp.zeros((), jnp.int32),
-      "layers": {
-          f"layer_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-          for i in range(cfg.num_layers)
-      },
-  }
-
-
-def fork_cache(cache: Cache, n: int) -> Cache:
-  """Replicates each row n times (row b -> rows b*n .. b*n+n-1)."""
-  return {
-      "pos": jnp.repeat(cache["pos"], n, axis=0),
-      # Own buffer: decode donates its input, and the source state (e.g. a
-      # prefix forked again and again) must keep its index.
-      "index": jnp.copy(cache["index"]),
-      "layers": jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache["layers"]),
-  }
+# Backward-compatible names; the cache API lives in kv_cache.py.
+init_cache = kv_cache.create
+fork_cache = kv_cache.fork
 
 
 def positions_from_mask(valid_BT: jax.Array) -> jax.Array:
