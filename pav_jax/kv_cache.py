@@ -105,7 +105,7 @@ def create(cfg: config_lib.ModelConfig, batch: int, size: int, dtype=None,
   return jax.jit(make, out_shardings=out_sh)()
 
 
-def _fork(tree, n: int):
+def _fork(tree, n: int = 1):
   return jax.tree.map(
       lambda x: jnp.repeat(x, n, axis=0) if x.ndim and n > 1 else jnp.copy(x),
       tree)
@@ -144,7 +144,8 @@ def _run(kind, tree, arg, mesh):
   mesh = mesh_of(tree, mesh)
   if mesh is None:
     return fn(tree, arg)
-  abstract = jax.eval_shape(fn, tree, arg)
+  abstract = (jax.eval_shape(functools.partial(fn, n=arg), tree)
+              if kind == "fork" else jax.eval_shape(fn, tree, arg))
   out_sh = shardings(abstract, mesh)
   flat, treedef = jax.tree.flatten(out_sh)
   return _jitted(kind, mesh, tuple(flat), treedef)(tree, arg)
