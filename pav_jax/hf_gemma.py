@@ -416,7 +416,11 @@ def load_params(
     cfg: its config (see `config_from_hf`).
     dtype: "float32" or "bfloat16", the dtype of the returned params.
     shardings: None (default device), one `jax.sharding.Sharding` for all
-      leaves, or a pytree of shardings matching the params dict.
+      leaves, or a pytree of shardings matching the params dict (e.g.
+      `sharding.param_shardings`). A sharding over several devices is
+      filled shard by shard (`jax.make_array_from_callback` over lazily
+      read `get_slice` blocks): no device, and not the host, ever holds a
+      whole tensor, only its blocks.
     hf_config: the parsed config.json (read from `path` when None).
 
   Returns:
@@ -477,21 +481,73 @@ def load_params(
               f"{list(shape)} from config.json; the config and the weights "
               "disagree"
           )
-        try:
-          x = f.get_tensor(name)
-        except Exception as e:
-          raise CheckpointError(
-              f"cannot read tensor {name!r} from {full}: {e}") from e
-        x = np.ascontiguousarray(to_ours(x).astype(np_dtype, copy=False))
         if shardings is None:
           sharding = None
         elif isinstance(shardings, jax.sharding.Sharding):
           sharding = shardings
         else:
           sharding = _get(shardings, keys)
+        if sharding is not None and not _single_device(sharding):
+          # Shard by shard: each device's block is read lazily from the
+          # file, so neither the host nor a device holds the whole tensor.
+          read = _block_reader(f.get_slice(name), keys[-1], cfg.head_dim,
+                               np_dtype, full, name)
+          # A zero-stride view: the layout change without allocating.
+          ours = to_ours(np.broadcast_to(np.zeros((), np.bool_), shape)).shape
+          _set(params, keys,
+               jax.make_array_from_callback(ours, sharding, read))
+          continue
+        try:
+          x = f.get_tensor(name)
+        except Exception as e:
+          raise CheckpointError(
+              f"cannot read tensor {name!r} from {full}: {e}") from e
+        x = np.ascontiguousarray(to_ours(x).astype(np_dtype, copy=False))
         _set(params, keys, jax.device_put(x, sharding))
         del x
   return params
+
+
+def _single_device(sharding: jax.sharding.Sharding) -> bool:
+  return len(sharding.device_set) == 1
+
+
+def _block_reader(handle, ours: str, head_dim: int, np_dtype, fname: str,
+                  name: str) -> Callable[[tuple[slice, ...]], np.ndarray]:
+  """index (slices into our layout) -> that block, read from the HF tensor.
+
+  Only the rows/columns of the block are read (`get_slice`); the layout
+  change of `_conversions` is applied to the block alone.
+  """
+  hf_shape = tuple(handle.get_shape())
+  h = head_dim
+
+  def bounds(idx, shape):
+    return [s.indices(n)[:2] for s, n in zip(idx, shape)]
+
+  def read(idx: tuple[slice, ...]) -> np.ndarray:
+    try:
+      if ours in ("q_DNH", "k_DKH", "v_DKH"):  # HF [num*H, D]
+        num = hf_shape[0] // h
+        (d0, d1), (n0, n1), (h0, h1) = bounds(idx, (hf_shape[1], num, h))
+        x = handle[n0 * h:n1 * h, d0:d1]
+        x = x.reshape(n1 - n0, h, d1 - d0).transpose(2, 0, 1)[:, :, h0:h1]
+      elif ours == "o_NHD":  # HF [D, N*H]
+        num = hf_shape[1] // h
+        (n0, n1), (h0, h1), (d0, d1) = bounds(idx, (num, h, hf_shape[0]))
+        x = handle[d0:d1, n0 * h:n1 * h]
+        x = x.T.reshape(n1 - n0, h, d1 - d0)[:, h0:h1, :]
+      elif ours in ("gate_DF", "up_DF", "down_FD"):  # torch Linear [out, in]
+        (a0, a1), (b0, b1) = bounds(idx, hf_shape[::-1])
+        x = handle[b0:b1, a0:a1].T
+      else:  # embedding, norms: same layout
+        x = handle[tuple(slice(a, b) for a, b in bounds(idx, hf_shape))]
+    except Exception as e:
+      raise CheckpointError(
+          f"cannot read tensor {name!r} from {fname}: {e}") from e
+    return np.ascontiguousarray(x.astype(np_dtype, copy=False))
+
+  return read
 
 
 def _check_tied_head(path: str, weight_map: dict[str, str],
