@@ -27,7 +27,8 @@ Both sides store the Gemma norm weight w of x * (1 + w), so norms copy as is.
 
 Public API:
   load_model(path, dtype) -> (cfg, graphdef, params)
-  load_params(path, cfg, dtype, shardings) -> params
+  load_params(path, cfg, dtype, shardings) -> params (shard by shard on a
+    mesh: shardings=mesh_shardings(cfg, mesh))
   save_model(path, cfg, params, dtype, max_shard_bytes)
   config_from_hf(hf_config, dtype) / config_to_hf(cfg, dtype)
   read_hf_config(path)
@@ -506,6 +507,22 @@ def load_params(
         _set(params, keys, jax.device_put(x, sharding))
         del x
   return params
+
+
+def mesh_shardings(cfg: config_lib.ModelConfig, mesh=None) -> Any:
+  """The training rules' param shardings on `mesh` (default: the mesh
+  entered with `jax.set_mesh`); None without a multi-device mesh.
+
+  For `load_params(path, cfg, dtype, shardings=mesh_shardings(cfg))`.
+  """
+  from flax import nnx  # noqa: PLC0415
+  from pav_jax import sharding  # noqa: PLC0415
+  mesh = sharding.current_mesh(mesh)
+  if mesh is None:
+    return None
+  model = nnx.eval_shape(lambda: transformer.create(cfg))
+  _, abstract = transformer.abstract_params(cfg)
+  return sharding.param_shardings(sharding.logical_axes(model), abstract, mesh)
 
 
 def _single_device(sharding: jax.sharding.Sharding) -> bool:

@@ -400,6 +400,8 @@ def test_load_straight_to_the_mesh_shard_by_shard(mesh_shape, dtype):
   mesh = sharding.make_mesh(mesh_shape)
   model = nnx.eval_shape(lambda: transformer.create(cfg))
   param_sh = sharding.param_shardings(sharding.logical_axes(model), ref, mesh)
+  with jax.set_mesh(mesh):
+    assert hf_gemma.mesh_shardings(cfg) == param_sh
   params = hf_gemma.load_params(FIXTURE, cfg, dtype, shardings=param_sh)
   jax.tree.map(lambda x, s: x.sharding == s or pytest.fail(str(s)),
                params, param_sh)
