@@ -5,6 +5,13 @@ function handed to `fit`. The state is a plain pytree
   {'params': ..., 'opt_state': ..., 'step': int32 [], 'rng': uint32 key data}
 created sharded by `init_state`, updated by a jitted, donated pure step, and
 checkpointed by `fit` with automatic resume from the stage directory.
+
+`fit` never mixes or loses work: on resume it compares the config stored in
+the checkpoint with the one it is given (`identity.IdentityMismatchError`
+listing the differing keys), never saves a state whose params are not
+finite, drops metrics rows of steps it is about to redo, and flags a dead
+gradient (grad_norm exactly 0 or a constant loss over the first steps) in
+`<stage_dir>/train_summary.json`.
 """
 
 import dataclasses
@@ -25,11 +32,20 @@ import tqdm
 from flax import nnx
 
 from pav_jax import checkpoint as ckpt_lib
+from pav_jax import identity as identity_lib
 from pav_jax import sharding as sharding_lib
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+# Config keys (fnmatch patterns on dotted paths) that may change between a
+# run and its resume: they steer the run, not what the trained state is.
+DEFAULT_IDENTITY_IGNORE = (
+    "stages", "distributed", "mesh", "mesh.*", "*.kill_at_step",
+    "*.log_every", "*.ckpt_every", "*.eval_every", "*.batch_rows",
+)
+SUMMARY_FILE = "train_summary.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +128,8 @@ def make_train_step(graphdef, loss_fn: LossFn, tx, state_shardings, mesh):
     (loss, metrics), grads = grad_fn(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   params_finite=all_finite(params))
     new_state = dict(state, params=params, opt_state=opt_state,
                      step=state["step"] + 1)
     return new_state, metrics
@@ -122,6 +139,16 @@ def make_train_step(graphdef, loss_fn: LossFn, tx, state_shardings, mesh):
       in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
       donate_argnums=(0,))
+
+
+def all_finite(tree) -> jax.Array:
+  """bool []: every floating leaf of `tree` is free of NaN and Inf."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
+_all_finite_jit = jax.jit(all_finite)
 
 
 def device_batch(batch: dict, sharding) -> dict:
@@ -147,19 +174,27 @@ def device_batch(batch: dict, sharding) -> dict:
 class MetricWriter:
   """Appends metrics to `metrics.jsonl` and TensorBoard event files.
 
-  Only process 0 writes (multi-host runs share one workdir).
+  Only process 0 writes (multi-host runs share one workdir). With
+  `resume_step`, rows of later steps (written by a run that was cut short
+  and whose steps are now redone) are dropped first, from metrics.jsonl
+  (rewritten atomically) and from TensorBoard (`purge_step`), so no step
+  appears twice.
   """
 
-  def __init__(self, directory: str | Path):
+  def __init__(self, directory: str | Path, resume_step: int | None = None):
     self.directory = Path(directory)
     self._jsonl = self._tb = None
     if jax.process_index() != 0:
       return
     self.directory.mkdir(parents=True, exist_ok=True)
-    self._jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")
+    path = self.directory / "metrics.jsonl"
+    if resume_step is not None and path.exists():
+      _truncate_metrics(path, resume_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(self.directory / "tb"))
+      purge = None if resume_step is None else resume_step + 1
+      self._tb = SummaryWriter(str(self.directory / "tb"), purge_step=purge)
     except ImportError:  # pragma: no cover - tensorboardX is a dependency.
       self._tb = None
 
@@ -186,6 +221,43 @@ class MetricWriter:
       self._tb.close()
 
 
+def _truncate_metrics(path: Path, last_step: int) -> None:
+  """Keeps only rows with step <= last_step (and unparsable lines dropped)."""
+  keep, dropped = [], 0
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      row = json.loads(line)
+      ok = int(row["step"]) <= last_step
+    except (ValueError, KeyError, TypeError):
+      ok = False
+    if ok:
+      keep.append(line)
+    else:
+      dropped += 1
+  if dropped:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+    os.replace(tmp, path)
+    log.info("%s: dropped %d rows after step %d (they are redone)", path,
+             dropped, last_step)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+  """Writes JSON to a temporary file then renames it over `path`."""
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_text(json.dumps(obj, indent=2, default=float), encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def read_train_summary(stage_dir: str | Path) -> dict | None:
+  """The summary `fit` wrote in stage_dir (dead_gradient, losses), if any."""
+  path = Path(stage_dir) / SUMMARY_FILE
+  if not path.exists():
+    return None
+  return json.loads(path.read_text(encoding="utf-8"))
+
+
 @dataclasses.dataclass
 class LoopConfig:
   num_steps: int
@@ -194,19 +266,64 @@ class LoopConfig:
   eval_every: int = 0  # 0: no periodic evaluation.
   max_to_keep: int = 2
   kill_at_step: int = -1  # Fault injection for tests: SIGKILL self after it.
+  # Flag a dead gradient when grad_norm is exactly 0 (or the loss does not
+  # change) over the first this many steps; 0 disables the check.
+  dead_check_steps: int = 10
 
 
 def _check_finite(step: int, metrics: dict, ckpt) -> dict:
+  """Host metrics of step; raises if its loss or updated params are not finite.
+
+  Runs before any save of that step's state, so a non-finite state is never
+  written and the newest checkpoint stays the last good one.
+  """
   host = jax.device_get(metrics)
   loss = float(host["loss"])
-  if not math.isfinite(loss):
+  finite = bool(host.pop("params_finite", True))
+  if not math.isfinite(loss) or not finite:
+    what = (f"loss is {loss}" if not math.isfinite(loss) else
+            f"the params are not finite after the update (loss {loss}, "
+            f"grad_norm {float(host.get('grad_norm', float('nan')))})")
     last = ckpt.latest_step()
     raise FloatingPointError(
-        f"loss is {loss} at step {step}: stopping before it is saved. The last "
+        f"{what} at step {step}: stopping before it is saved. The last "
         f"good checkpoint is step {last} in {ckpt.directory}. Lower the "
         "learning rate, check the data, or raise grad clipping; rerunning "
         "resumes from that checkpoint.")
   return host
+
+
+class _DeadGradientWatch:
+  """Watches the first `n` steps for grad_norm == 0 or a constant loss."""
+
+  def __init__(self, n: int, start: int, desc: str, previous: dict | None):
+    self.n, self.start, self.desc = n, start, desc
+    self.grad_norms, self.losses = [], []
+    self.dead = bool(previous and previous.get("dead_gradient"))
+    self.reason = previous.get("dead_reason", "") if previous else ""
+
+  def observe(self, step: int, host: dict) -> bool:
+    """Records step; returns True when it just decided "dead"."""
+    if step >= self.n or self.n <= 0:
+      return False
+    self.grad_norms.append(float(host.get("grad_norm", float("nan"))))
+    self.losses.append(float(host["loss"]))
+    if step + 1 != self.n:
+      return False
+    seen = len(self.losses)
+    if all(g == 0.0 for g in self.grad_norms):
+      self.reason = f"grad_norm is exactly 0 at each of the first {seen} steps"
+    elif seen >= 2 and max(self.losses) == min(self.losses):
+      self.reason = (f"the loss is exactly {self.losses[0]} at each of the "
+                     f"first {seen} steps")
+    else:
+      self.dead, self.reason = False, ""
+      return False
+    self.dead = True
+    log.warning("%s: dead gradient: %s; this model is not learning (check "
+                "the loss, its targets and a zero-initialised head)",
+                self.desc, self.reason)
+    return True
 
 
 def fit(
@@ -221,29 +338,56 @@ def fit(
     config_dict: dict | None = None,
     desc: str = "train",
     batch_sharding=None,
+    identity: dict | None = None,
+    identity_ignore: tuple[str, ...] = DEFAULT_IDENTITY_IGNORE,
 ):
   """Runs (or resumes) a training loop; returns the final state.
 
   `batch_fn(step)` must be a pure function of the step (deterministic data
   order), which makes the data position == step and resume exact. With
   `batch_sharding`, batches are placed through `device_batch` (multi-host).
+
+  On resume, `config_dict` is compared with the config stored in the
+  checkpoint (keys matching `identity_ignore` left out) and `identity`
+  (extra entries, e.g. {"tokenizer_sha256": ...}) with the identity stored
+  in its meta; any difference raises `identity.IdentityMismatchError`
+  listing the keys. `<stage_dir>/train_summary.json` records the outcome
+  (`dead_gradient`, final loss); see `read_train_summary`.
   """
   stage_dir = Path(stage_dir)
   ckpt = ckpt_lib.Checkpointer(stage_dir / "checkpoints", max_to_keep=loop.max_to_keep)
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       state, state_shardings)
-  restored = ckpt.restore(abstract)
+  try:
+    _check_resume_identity(ckpt, config_dict, identity, identity_ignore)
+    restored = ckpt.restore(abstract)
+  except Exception:
+    ckpt.close()
+    raise
   start = 0
   if restored is not None:
     start, state, meta = restored
     if meta.get("data_position", start) != start:
       raise ckpt_lib.CheckpointError(
           f"checkpoint {start} has data position {meta['data_position']}")
+    _check_meta_identity(ckpt, start, meta, identity)
     log.info("%s: resumed from step %d in %s", desc, start, ckpt.directory)
-  writer = MetricWriter(stage_dir)
+  meta_extra = {} if identity is None else {
+      "identity": identity_lib.normalize(identity)}
+  writer = MetricWriter(stage_dir, resume_step=start)
+  watch = _DeadGradientWatch(loop.dead_check_steps, start, desc,
+                             read_train_summary(stage_dir) if start else None)
+  last = {}
   pending = None
   t0 = time.time()
+
+  def flush(force=False):
+    host = _log_pending(pending, writer, pbar, loop, ckpt, force=force)
+    last.update(host)
+    if watch.observe(pending[0], host):
+      writer.write(pending[0] + 1, {"dead_gradient": 1.0})
+
   try:
     with tqdm.tqdm(total=loop.num_steps, initial=start, desc=desc,
                    dynamic_ncols=True, mininterval=1.0) as pbar:
@@ -253,14 +397,20 @@ def fit(
           batch = device_batch(batch, batch_sharding)
         state, metrics = train_step(state, batch)
         if pending is not None:  # read step n-1 after dispatching step n
-          _log_pending(pending, writer, pbar, loop, ckpt)
+          flush()
         pending = (step, metrics)
         pbar.update(1)
         done = step + 1 == loop.num_steps
         if (step + 1) % loop.ckpt_every == 0 or done:
-          _log_pending(pending, writer, pbar, loop, ckpt, force=True)
+          flush(force=True)
           pending = None
-          ckpt.save(step + 1, state, {"step": step + 1, "data_position": step + 1},
+          if not bool(_all_finite_jit(state["params"])):
+            raise FloatingPointError(
+                f"the params are not finite after step {step}: stopping "
+                f"before they are saved; the last good checkpoint is step "
+                f"{ckpt.latest_step()} in {ckpt.directory}.")
+          ckpt.save(step + 1, state,
+                    {"step": step + 1, "data_position": step + 1, **meta_extra},
                     config_dict, force=True)
         if (eval_fn is not None and loop.eval_every
             and (step + 1) % loop.eval_every == 0):
@@ -270,19 +420,61 @@ def fit(
         if step + 1 == loop.kill_at_step:
           os.kill(os.getpid(), signal.SIGKILL)
       if pending is not None:
-        _log_pending(pending, writer, pbar, loop, ckpt, force=True)
+        flush(force=True)
   finally:
     ckpt.close()
     writer.close()
+  if jax.process_index() == 0:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stage_dir / SUMMARY_FILE, {
+        "desc": desc, "num_steps": loop.num_steps, "resumed_from": start,
+        "dead_gradient": watch.dead, "dead_reason": watch.reason,
+        "final_loss": float(last["loss"]) if "loss" in last else None,
+        "final_grad_norm": (float(last["grad_norm"]) if "grad_norm" in last
+                            else None)})
   log.info("%s: %d steps in %.1fs", desc, loop.num_steps - start, time.time() - t0)
   return state
 
 
-def _log_pending(pending, writer, pbar, loop, ckpt, force=False):
+def _how_to_fix(ckpt) -> str:
+  return (f"restore the old settings to resume; or use a new --workdir; or "
+          f"delete {ckpt.directory} to retrain this stage from scratch with "
+          "the new settings")
+
+
+def _check_resume_identity(ckpt, config_dict, identity, ignore) -> None:
+  if config_dict is None or not ckpt.all_steps():
+    return
+  stored = ckpt.read_config()
+  if stored is None:
+    log.warning("%s has no stored config: cannot check that it was made with "
+                "the same settings", ckpt.directory)
+    return
+  step, stored_config = stored
+  identity_lib.check(
+      stored_config, config_dict,
+      what=f"checkpoints in {ckpt.directory} (step {step})",
+      how_to_fix=_how_to_fix(ckpt), ignore=ignore)
+
+
+def _check_meta_identity(ckpt, step, meta, identity) -> None:
+  if identity is None:
+    return
+  stored = meta.get("identity")
+  if stored is None:
+    log.warning("checkpoint %d in %s has no stored identity to compare",
+                step, ckpt.directory)
+    return
+  identity_lib.check(
+      stored, identity,
+      what=f"checkpoints in {ckpt.directory} (step {step})",
+      how_to_fix=_how_to_fix(ckpt))
+
+
+def _log_pending(pending, writer, pbar, loop, ckpt, force=False) -> dict:
   step, metrics = pending
+  host = _check_finite(step, metrics, ckpt)
   if force or step % loop.log_every == 0:
-    host = _check_finite(step, metrics, ckpt)
     writer.write(step + 1, host)
     pbar.set_postfix(loss=f"{float(host['loss']):.4f}")
-  else:
-    _check_finite(step, metrics, ckpt)
+  return host

@@ -112,6 +112,119 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert len(lines) >= 4 and '"loss"' in lines[0]
 
 
+def _fit(stage_dir, num_steps, *, ckpt_every=2, loss_fn=None, batch_fn=None,
+         cfg=CFG, config_dict=None, dead_check_steps=10, identity=None):
+  mesh = sharding.make_mesh({"data": 8})
+  tx = train_lib.make_optimizer(
+      train_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1))
+  state, sh, graphdef = train_lib.init_state(
+      lambda: transformer.create(cfg, seed=0), tx, mesh, seed=0)
+  step_fn = train_lib.make_train_step(
+      graphdef, loss_fn or train_policy.sft_loss, tx, sh, mesh)
+  return train_lib.fit(
+      stage_dir=stage_dir, state=state, state_shardings=sh, train_step=step_fn,
+      batch_fn=batch_fn or _batch, config_dict=config_dict, identity=identity,
+      loop=train_lib.LoopConfig(num_steps=num_steps, ckpt_every=ckpt_every,
+                                log_every=1, max_to_keep=5,
+                                dead_check_steps=dead_check_steps))
+
+
+def _corrupt(step_dir):
+  for f in (step_dir / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(f.read_bytes()[:7])
+
+
+def test_corrupt_latest_step_is_moved_aside_and_training_finishes(tmp_path):
+  _fit(tmp_path, 4)
+  _corrupt(tmp_path / "checkpoints" / "4")
+  _fit(tmp_path, 6)  # Falls back to 2, redoes 3..6 and saves step 4 again.
+  steps = ckpt_lib.Checkpointer(tmp_path / "checkpoints").all_steps()
+  assert steps == [2, 4, 6]
+  (moved,) = (tmp_path / "corrupt").iterdir()
+  assert moved.name.startswith("4-") and (moved / "state").is_dir()
+  _fit(tmp_path, 8)  # And a further rerun continues from 6.
+  assert ckpt_lib.Checkpointer(tmp_path / "checkpoints").all_steps()[-1] == 8
+
+
+def test_non_finite_params_are_never_saved_with_ckpt_every_1(tmp_path):
+  def loss_fn(graphdef, params, batch, rng):
+    loss, aux = train_policy.sft_loss(graphdef, params, batch, rng)
+    # sqrt(0 * params + 1 - poison): at the poisoned step its value is 0 but
+    # its gradient 0 * inf = NaN, so the loss stays finite while the updated
+    # params become NaN (elsewhere value 1, gradient 0).
+    x = jnp.sum(params["embed_VD"] * 0.0) + 1.0 - batch["poison"][0]
+    return loss + jnp.sqrt(x), aux
+
+  def batch_fn(step):
+    b = _batch(step)
+    b["poison"] = np.full((16,), 1.0 if step == 2 else 0.0, np.float32)
+    return b
+
+  with pytest.raises(FloatingPointError,
+                     match=r"params are not finite.*step 2.*last good "
+                           r"checkpoint is step 2"):
+    _fit(tmp_path, 6, ckpt_every=1, loss_fn=loss_fn, batch_fn=batch_fn)
+  ck = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
+  assert ck.all_steps() == [1, 2]
+  mesh = sharding.make_mesh({"data": 8})
+  tx = train_lib.make_optimizer(train_lib.OptimConfig())
+  state, sh, _ = train_lib.init_state(
+      lambda: transformer.create(CFG, seed=0), tx, mesh, seed=0)
+  _, restored, _ = ck.restore(ckpt_lib.abstract_like(state))
+  ck.close()
+  leaves = jax.tree.leaves(restored["params"])
+  assert all(np.all(np.isfinite(x)) for x in leaves)
+
+
+def test_resume_with_changed_config_or_model_stops_naming_keys(tmp_path):
+  from pav_jax import identity
+  cfg = {"sft": {"steps": 4, "kill_at_step": 3}, "task": {"name": "a"}}
+  _fit(tmp_path, 2, config_dict=cfg, identity={"tokenizer": "h1"})
+  changed = {"sft": {"steps": 5, "kill_at_step": -1}, "task": {"name": "b"}}
+  with pytest.raises(identity.IdentityMismatchError) as e:
+    _fit(tmp_path, 4, config_dict=changed)
+  msg = str(e.value)
+  assert "sft.steps: 4 -> 5" in msg and 'task.name: "a" -> "b"' in msg
+  assert "kill_at_step" not in msg  # run control, not identity
+  assert "new --workdir" in msg and str(tmp_path / "checkpoints") in msg
+  with pytest.raises(identity.IdentityMismatchError, match="tokenizer"):
+    _fit(tmp_path, 4, config_dict=cfg, identity={"tokenizer": "h2"})
+  with pytest.raises(ckpt_lib.CheckpointShapeError,
+                     match=r"shape mismatch(.|\n)*params\.embed_VD: "
+                           r"\(64, 32\) -> \(64, 48\)"):
+    _fit(tmp_path, 4, cfg=CFG.replace(embed_dim=48))
+  _fit(tmp_path, 4, config_dict=dict(cfg, sft={"steps": 4,
+                                               "kill_at_step": -1}))
+
+
+def test_resumed_steps_are_not_written_twice_to_metrics(tmp_path):
+  import json
+  import shutil
+  _fit(tmp_path, 4)
+  shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed mid-save
+  _fit(tmp_path, 5)
+  rows = [json.loads(l) for l in
+          (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+  assert "params_finite" not in rows[0]
+
+
+def test_dead_gradient_is_flagged(tmp_path):
+  def dead_loss(graphdef, params, batch, rng):
+    loss, aux = train_policy.sft_loss(graphdef, params, batch, rng)
+    return jax.lax.stop_gradient(loss), aux
+
+  _fit(tmp_path / "dead", 4, loss_fn=dead_loss, dead_check_steps=3)
+  summary = train_lib.read_train_summary(tmp_path / "dead")
+  assert summary["dead_gradient"] is True
+  assert "grad_norm is exactly 0" in summary["dead_reason"]
+  rows = (tmp_path / "dead" / "metrics.jsonl").read_text()
+  assert '"dead_gradient": 1.0' in rows
+  _fit(tmp_path / "alive", 4, dead_check_steps=3)
+  assert train_lib.read_train_summary(tmp_path / "alive")["dead_gradient"] is False
+
+
 # Entry point (subprocesses) ----------------------------------------------------
 
 TINY = [
