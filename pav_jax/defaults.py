@@ -6,6 +6,8 @@ declared here, so `lock_config=True` turns a typo into an error naming it.
 """
 
 import dataclasses
+import importlib.util
+import pathlib
 
 import ml_collections
 
@@ -14,8 +16,6 @@ from pav_jax import config as config_lib
 
 def config_file_module(name: str):
   """Imports `configs/<name>.py` (config files may build on each other)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
   if not path.exists():
     raise FileNotFoundError(f"no config file {path}")
@@ -93,6 +93,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.samples_per_prompt = 16
   c.eval.batch_rows = 512
 
+  # --- The PAV: Q^pi + alpha A^mu with mu = BoK(pi); read by every stage
+  # that needs it (verifier evaluation, search, RL), not part of the label
+  # set's identity (labels are Q^pi; A^mu is computed from them).
+  c.pav = ml_collections.ConfigDict()
+  c.pav.alpha = 0.5
+  c.pav.prover_k = 4  # K of the Best-of-K(pi) prover
+
   # --- MC labelling under provers (labelling.py) ---
   c.label = ml_collections.ConfigDict()
   c.label.num_prompts = 96
@@ -114,11 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.verifier.learning_rate = 1e-3
   c.verifier.a_direct = False  # also regress A^mu directly (beyond paper)
 
-  # --- Search: best-of-N and step-level beam search (search.py) ---
+  # --- Search: best-of-N and step-level beam search (search/) ---
   c.search = ml_collections.ConfigDict()
   c.search.num_prompts = 32
-  c.search.alpha = 0.5
-  c.search.prover_k = 4
   c.search.split = "test"
   c.search.ns = "2,4,8,16"  # comma-separated N (beam size / samples)
   c.search.expansions = 3  # C: next steps sampled per beam
@@ -126,6 +131,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.max_step_tokens = 16
   c.search.batch_rows = 768  # decode rows per chunk (beam: B * C per problem)
   c.search.beam_modes = "q,pav"  # PRM-Q beam, PAV beam
+  # Sweeps (search/sweeps.py). With seeds or sweeps set, the stage writes an
+  # experiment record (results.json with alpha/main/prover parts, tables.md,
+  # main_seed<s>.json, plots) into out_dir; otherwise one comparison.
+  c.search.out_dir = ""  # "" = <workdir>/search
+  c.search.seeds = ""  # sampling seeds of the main part, e.g. "0,1,2"
+  c.search.sweeps = ""  # "alpha" and/or "prover", e.g. "alpha,prover"
+  c.search.main = True  # run the main comparison (all methods, every N)
+  c.search.sweep_alphas = "0,0.1,0.2,0.3,0.5,0.7,1.0"  # validation split
+  c.search.sweep_n = 16  # beam size of the alpha sweep
+  c.search.sweep_prompts = 64  # validation problems of the alpha sweep
+  c.search.sweep_seeds = "0,1"  # seeds of the alpha and prover sweeps
+  c.search.sweep_prover_ks = "1,2,4,8,16,32"  # Bo-K(pi) provers
+  c.search.sweep_prover_ns = "4,16"  # beam sizes of the prover sweep
+  # The alpha sweep's choice replaces c.pav.alpha for the main and prover
+  # parts (set False to keep c.pav.alpha).
+  c.search.use_swept_alpha = True
 
   c.rft = ml_collections.ConfigDict()
   c.rft.enabled = False

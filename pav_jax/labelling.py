@@ -1,4 +1,4 @@
-"""Monte-Carlo step labels under provers: pure math, a forked labeller, a stage.
+"""Monte-Carlo step labels under provers: the forked labeller and its stage.
 
 Data flow (one chunk of prompts, all shapes static so decode compiles a few
 times per run):
@@ -19,19 +19,14 @@ baseline of the forking benchmark, and the reference of the equality test.
 Value layout, shared with `verifier.prefix_values`: `q_NP[:, 0]` = V(s_1),
 `q_NP[:, h]` = Q(s_h, a_h) = V(s_{h+1}); `mask_NP` marks real prefixes.
 
-On disk a labelled set is a directory of `shard_XXXXX.npz` files (one per
-chunk of prompts) plus `manifest.json` (format version, identity, config,
-finished shards with sha256, counts and budget). A rerun resumes at the first
-unfinished shard; a set made with another tokenizer, step delimiter, policy
-or prover is refused with `LabelledSetError`.
+`label_dataset` writes a labelled set (shards + manifest, resumable): the
+format, its identity and `load_labelled` live in `labelled_set.py`; the math
+of advantages and rewards over the labels in `advantages.py`.
 """
 
 import dataclasses
-import hashlib
-import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -40,101 +35,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pav_jax import advantages
+from pav_jax import labelled_set
+from pav_jax import run_lib
 from pav_jax import sampler as sampler_lib
+from pav_jax import transformer
 
 log = logging.getLogger(__name__)
-
-FORMAT = "pav_jax.labelled_set"
-FORMAT_VERSION = 1
 
 # grade(prompt_index, response_tokens_without_eos) -> 0.0 / 1.0
 GradeFn = Callable[[int, list[int]], float]
 
 
-class LabelledSetError(RuntimeError):
-  """A labelled set that is corrupt or does not match the current run."""
-
-
 # -----------------------------------------------------------------------------
-# Pure math (jnp): provers, advantages, effective rewards, balancing, pits.
+# Host helpers.
 # -----------------------------------------------------------------------------
-
-
-def bok_values(q_pi_NP: jax.Array, k: float | jax.Array) -> jax.Array:
-  """Q^{BoK(π)} = 1 - (1 - Q^π)^K for every prefix (Eq. 30)."""
-  return advantages.bok_q(q_pi_NP, k)
-
-
-def prefix_advantages(v_NP: jax.Array, mask_NP: jax.Array) -> jax.Array:
-  """A(s_h, a_h) = V(s_{h+1}) - V(s_h) stored at index h (index 0 is zero).
-
-  `v_NP[:, 0]` is the question-only value V(s_1); padding and index 0 get 0.
-  """
-  a_NH = advantages.step_advantages(v_NP[:, 1:], v_NP[:, 0], mask_NP[:, 1:])
-  return jnp.concatenate([jnp.zeros_like(v_NP[:, :1]), a_NH], axis=1)
-
-
-def prover_advantages(q_pi_NP: jax.Array, mask_NP: jax.Array,
-                      k: float | None = None,
-                      q_mu_NP: jax.Array | None = None) -> jax.Array:
-  """A^μ per step for μ = π (k None/1), BoK(π) (k), or a checkpoint (q_mu)."""
-  if q_mu_NP is not None:
-    return prefix_advantages(q_mu_NP, mask_NP)
-  v_NP = q_pi_NP if k is None or k == 1 else bok_values(q_pi_NP, k)
-  return prefix_advantages(v_NP, mask_NP)
-
-
-def effective_rewards(q_pi_NP: jax.Array, a_mu_NP: jax.Array,
-                      mask_NP: jax.Array, alpha: float | jax.Array) -> jax.Array:
-  """Q^π + α·A^μ per prefix (zero on padding)."""
-  return jnp.where(mask_NP, advantages.effective_reward(q_pi_NP, a_mu_NP, alpha),
-                   0.0)
-
-
-def class_balance_weights(q_NP: jax.Array, mask_NP: jax.Array,
-                          threshold: float = 0.5) -> jax.Array:
-  """Weights giving buckets Q̂ < threshold and Q̂ >= threshold equal mass.
-
-  Normalised so the weights of the masked entries average to 1; an empty
-  bucket leaves the other one at weight 1.
-  """
-  m_NP = mask_NP.astype(jnp.float32)
-  hi_NP = (q_NP >= threshold).astype(jnp.float32) * m_NP
-  lo_NP = m_NP - hi_NP
-  n_hi, n_lo, n = jnp.sum(hi_NP), jnp.sum(lo_NP), jnp.sum(m_NP)
-  both = (n_hi > 0) & (n_lo > 0)
-  w_hi = jnp.where(both, 0.5 * n / jnp.maximum(n_hi, 1.0), 1.0)
-  w_lo = jnp.where(both, 0.5 * n / jnp.maximum(n_lo, 1.0), 1.0)
-  return hi_NP * w_hi + lo_NP * w_lo
-
-
-def first_pit(q_NP: jax.Array, mask_NP: jax.Array,
-              high: float = 0.5) -> tuple[jax.Array, jax.Array]:
-  """First pit of each row: the first prefix with Q̂ == 0 after a high state.
-
-  Returns (pit_N, keep_NP): pit_N is the prefix index of the pit (-1 when the
-  row never reaches a state with Q̂ >= high and then falls to 0), keep_NP marks
-  the prefixes up to and including it (all False for rows without a pit).
-  """
-  p = q_NP.shape[1]
-  m_NP = mask_NP.astype(bool)
-  high_NP = (q_NP >= high) & m_NP
-  seen_high_NP = jnp.cumsum(high_NP.astype(jnp.int32), axis=1) > 0
-  pit_NP = seen_high_NP & (q_NP <= 0.0) & m_NP
-  has_N = jnp.any(pit_NP, axis=1)
-  pit_N = jnp.where(has_N, jnp.argmax(pit_NP, axis=1), -1)
-  keep_NP = (jnp.arange(p)[None, :] <= pit_N[:, None]) & m_NP
-  return pit_N.astype(jnp.int32), keep_NP
-
-
-def first_pit_selection(q_NP: jax.Array, mask_NP: jax.Array,
-                        outcome_N: jax.Array, high: float = 0.5) -> jax.Array:
-  """"First pit" training prefixes (App. D): every prefix of a correct seed;
-  of a failing seed, the prefixes up to its first pit after a high state
-  (none when it has no pit)."""
-  _, keep_NP = first_pit(q_NP, mask_NP, high)
-  return jnp.where((outcome_N > 0.5)[:, None], mask_NP.astype(bool), keep_NP)
 
 
 def bisect_first_zero(is_zero: Callable[[int], bool], lo: int, hi: int) -> int:
@@ -466,52 +380,8 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
 
 
 # -----------------------------------------------------------------------------
-# The labelled set on disk: shards + manifest, resumable, validated.
+# Labelling a whole set into a directory (format: `labelled_set`).
 # -----------------------------------------------------------------------------
-
-
-def _sha256(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
-def tokenizer_sha256(tok) -> str:
-  """Identity of a SentencePiece tokenizer: sha256 of its serialized model."""
-  return _sha256(tok._sp.serialized_model_proto())  # pylint: disable=protected-access
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _read_manifest(directory: Path) -> dict | None:
-  path = directory / "manifest.json"
-  if not path.exists():
-    return None
-  try:
-    m = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise LabelledSetError(f"{path} is not valid JSON ({e}): the labelled set "
-                           "is corrupt; delete the directory to relabel") from e
-  if m.get("format") != FORMAT or m.get("version") != FORMAT_VERSION:
-    raise LabelledSetError(
-        f"{path} has format {m.get('format')!r} v{m.get('version')}, expected "
-        f"{FORMAT!r} v{FORMAT_VERSION}: relabel into a fresh directory")
-  return m
-
-
-def _check_identity(path: Path, have: dict, want: dict) -> None:
-  diffs = [f"{k}: set has {have.get(k)!r}, expected {want[k]!r}"
-           for k in sorted(want) if have.get(k) != want[k]]
-  if diffs:
-    raise LabelledSetError(
-        f"labelled set {path} does not match this run:\n  " + "\n  ".join(diffs)
-        + "\nIt was made with another tokenizer / step delimiter / policy / "
-        "prover or settings: use a fresh directory or delete this one.")
 
 
 def label_dataset(directory: str | Path, sampler, params,
@@ -523,95 +393,36 @@ def label_dataset(directory: str | Path, sampler, params,
 
   `identity` (JSON-able: tokenizer sha256, step/eos ids, policy checkpoint,
   prover ...) must match an existing manifest. `max_chunks` stops after that
-  many *new* chunks (simulates an interruption in tests).
+  many *new* chunks (simulates an interruption in tests). Every process
+  labels; process 0 alone writes shards and the manifest.
   """
   directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
+  if labelled_set.is_writer():
+    directory.mkdir(parents=True, exist_ok=True)
+  labelled_set.sync(f"label_dataset:{directory}:mkdir")
   identity = json.loads(json.dumps(dict(
       identity, label_config=dataclasses.asdict(cfg), num_prompts=len(prompts))))
-  manifest = _read_manifest(directory)
-  if manifest is None:
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION,
-                "identity": identity, "config": config or {}, "shards": {},
-                "budget": Budget().to_dict(), "complete": False}
-  else:
-    _check_identity(directory / "manifest.json", manifest["identity"], identity)
+  manifest = labelled_set.open_manifest(directory, identity, config,
+                                        Budget().to_dict())
   chunk = cfg.prompts_per_chunk
   num_chunks = -(-len(prompts) // chunk)
   new = 0
   for i in range(num_chunks):
-    name = f"shard_{i:05d}.npz"
-    if name in manifest["shards"] and (directory / name).exists():
+    if labelled_set.has_shard(directory, manifest, i):
       continue
     if max_chunks is not None and new >= max_chunks:
       break
     lo = i * chunk
     arrays, b = label_chunk(sampler, params, prompts[lo:lo + chunk], grade,
                             jax.random.fold_in(key, i), cfg, prover, lo)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    data = buf.getvalue()
-    _atomic_write(directory / name, data)
-    manifest["shards"][name] = {
-        "sha256": _sha256(data), "prompts": [lo, lo + len(prompts[lo:lo + chunk])],
-        "rows": int(len(arrays["tokens_NT"])),
-        "prefixes": int(arrays["mask_NP"].sum()),
-        "budget": b.to_dict()}
-    total = Budget()
-    for s in manifest["shards"].values():
-      total.add(Budget(**s["budget"]))
-    manifest["budget"] = total.to_dict()
-    manifest["complete"] = len(manifest["shards"]) == num_chunks
-    manifest["counts"] = {
-        "prompts": sum(s["prompts"][1] - s["prompts"][0] for s in manifest["shards"].values()),
-        "rollouts": sum(s["rows"] for s in manifest["shards"].values()),
-        "prefixes": sum(s["prefixes"] for s in manifest["shards"].values())}
-    _atomic_write(directory / "manifest.json",
-                  json.dumps(manifest, indent=2).encode())
+    manifest = labelled_set.add_shard(
+        directory, manifest, i, arrays,
+        (lo, lo + len(prompts[lo:lo + chunk])), b.to_dict(), num_chunks)
     new += 1
     log.info("labelled chunk %d/%d (%d prefixes, %.1fs)", i + 1, num_chunks,
-             manifest["shards"][name]["prefixes"], b.seconds)
+             manifest["shards"][labelled_set.shard_name(i)]["prefixes"],
+             b.seconds)
   return manifest
-
-
-def load_labelled(directory: str | Path, expect: dict | None = None) -> dict:
-  """Loads a complete labelled set, checking format, identity and checksums.
-
-  `expect` holds identity entries that must match (e.g. tokenizer_sha256,
-  step_id). Returns the concatenated arrays (padded to common T) plus
-  'manifest'.
-  """
-  directory = Path(directory)
-  m = _read_manifest(directory)
-  if m is None:
-    raise LabelledSetError(f"no labelled set at {directory} (manifest.json "
-                           "missing): run the label stage first")
-  if expect:
-    _check_identity(directory / "manifest.json", m["identity"], expect)
-  if not m.get("complete"):
-    raise LabelledSetError(f"labelled set {directory} is incomplete "
-                           f"({len(m['shards'])} shards): rerun labelling to finish it")
-  parts = []
-  for name in sorted(m["shards"]):
-    path = directory / name
-    if not path.exists():
-      raise LabelledSetError(f"shard {path} listed in the manifest is missing")
-    data = path.read_bytes()
-    if _sha256(data) != m["shards"][name]["sha256"]:
-      raise LabelledSetError(f"shard {path} is corrupt (sha256 mismatch): "
-                             "delete it and rerun labelling to redo it")
-    with np.load(io.BytesIO(data)) as z:
-      parts.append({k: z[k] for k in z.files})
-  t = max(p["tokens_NT"].shape[1] for p in parts)
-  pad = m["identity"].get("pad_id", 0)
-  out = {}
-  for k in parts[0]:
-    xs = [p[k] for p in parts]
-    if k == "tokens_NT":
-      xs = [np.pad(x, ((0, 0), (0, t - x.shape[1])), constant_values=pad) for x in xs]
-    out[k] = np.concatenate(xs, axis=0)
-  out["manifest"] = m
-  return out
 
 
 # -----------------------------------------------------------------------------
@@ -627,52 +438,36 @@ def label_config(config) -> LabelConfig:
       prompts_per_chunk=lc.prompts_per_chunk, mode=lc.mode)
 
 
-def stage_identity(config, workdir: Path, setup, prover_path: str) -> dict:
-  tok = setup.tok
-  return {
-      "tokenizer_sha256": tokenizer_sha256(tok), "step_id": tok.step_id,
-      "eos_id": tok.eos_id, "pad_id": tok.pad_id, "bos_id": tok.bos_id,
-      "policy_checkpoint": str((workdir / "sft" / "params").absolute()),
-      "prover": {"bok_k": int(config.search.prover_k) if "prover_k" in config.search else 4,
-                 "checkpoint": prover_path},
-      "task": config.task.name, "seed": config.seed,
-  }
-
-
-def run_label(config, workdir: Path, mesh) -> dict:
+def run_label(run: run_lib.Run) -> dict:
   """Stage "label": train and eval labelled sets under <workdir>/label/."""
-  from pav_jax import train_lib  # stage layer
-  from pav_jax import train_policy
-  from pav_jax import transformer
-  setup = train_policy.make_setup(config, workdir, mesh)
-  graphdef, params = train_policy.load_policy(workdir, setup)
+  config, workdir = run.config, run.workdir
+  graphdef, params = run.load_policy()
   lc = config.label
-  sampler = sampler_lib.Sampler(
-      graphdef, setup.model_cfg, cache_size=lc.cache_size,
-      eos_id=setup.tok.eos_id, step_id=setup.tok.step_id, pad_id=setup.tok.pad_id,
-      sampling=train_policy.make_sampler(setup, graphdef, config).sampling)
+  sampler = run.sampler(graphdef, cache_size=lc.cache_size)
   prover = None
   if lc.prover_checkpoint:
-    _, prover_params = train_lib.load_params(
-        lc.prover_checkpoint, lambda: transformer.create(setup.model_cfg),
-        setup.mesh)
+    _, prover_params = run.load_params_dir(
+        lc.prover_checkpoint, lambda: transformer.create(run.model_cfg))
     prover = Prover(sampler, prover_params)
   cfg = label_config(config)
-  identity = stage_identity(config, workdir, setup, lc.prover_checkpoint)
+  identity = labelled_set.identity(
+      run.tok, policy_checkpoint=str((workdir / "sft" / "params").absolute()),
+      prover_checkpoint=lc.prover_checkpoint, task=config.task.name,
+      seed=run.seed)
   summary, md = {}, ["| split | prompts | rollouts | prefixes | sampled tok | "
                      "prefilled tok | MC rollouts | mean Q̂(s_1) | outcome | s |",
                      "|---|---|---|---|---|---|---|---|---|---|"]
-  for split, task_split, num, seed in (
-      ("train", "train", lc.num_prompts, config.seed + 11),
-      ("eval", "test", lc.num_eval_prompts, config.seed + 13)):
-    exs = setup.task.examples(task_split, num, seed=seed)
-    prompts = [setup.tok.encode(setup.task.prompt(ex), bos=True) for ex in exs]
-    grade = lambda i, ids, exs=exs: setup.task.grade(exs[i], setup.tok.decode(ids))
+  for split, task_split, num, stream in (
+      ("train", "train", lc.num_prompts, "label_train"),
+      ("eval", "test", lc.num_eval_prompts, "label_eval")):
+    exs = run.examples(task_split, num, stream)
+    prompts = run.encode_prompts(exs)
+    grade = lambda i, ids, exs=exs: run.task.grade(exs[i], run.tok.decode(ids))
     t0 = time.time()
     m = label_dataset(workdir / "label" / split, sampler, params, prompts, grade,
-                      jax.random.key(seed), cfg, dict(identity, split=split),
+                      run.key(stream), cfg, dict(identity, split=split),
                       prover, config.to_dict())
-    data = load_labelled(workdir / "label" / split)
+    data = labelled_set.load_labelled(workdir / "label" / split)
     b = m["budget"]
     summary[split] = {"counts": m["counts"], "budget": b,
                       "mean_v1": float(data["q_NP"][:, 0].mean()),

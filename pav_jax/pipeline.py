@@ -1,34 +1,39 @@
 """The pipeline's stages, run in order; a finished stage is skipped on rerun.
 
+  sft ──> <workdir>/sft/params ──> label ──> <workdir>/label/{train,eval}
+      ──> verifiers ──> <workdir>/verifiers/<kind>/params ──> search
+
+Each stage is a function `run_<stage>(run: run_lib.Run) -> dict` that reads
+what earlier stages wrote in the workdir; stages never import one another.
 A stage writes `<workdir>/<stage>/DONE.json` (its summary) when it ends, so
 rerunning `make demo` resumes at the first unfinished stage, and a stage cut
 short resumes from its own checkpoints.
 """
 
-import importlib
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import jax
 
+from pav_jax import labelling
 from pav_jax import report
+from pav_jax import run_lib
+from pav_jax import train_policy
+from pav_jax import train_verifier
+from pav_jax.search import stage as search_stage
 
 log = logging.getLogger(__name__)
 
-# stage name -> "module:function(config, workdir, mesh) -> summary dict".
-# A summary may carry "report_md" (Markdown for the run report).
-STAGES = {
-    "sft": "pav_jax.train_policy:run_sft",
-    "label": "pav_jax.labelling:run_label",
-    "verifiers": "pav_jax.train_verifier:run_verifiers",
-    "search": "pav_jax.search:run_search",
+# stage name -> run_<stage>(run) -> summary dict. A summary may carry
+# "report_md" (Markdown for the run report).
+STAGES: dict[str, Callable[[run_lib.Run], dict]] = {
+    "sft": train_policy.run_sft,
+    "label": labelling.run_label,
+    "verifiers": train_verifier.run_verifiers,
+    "search": search_stage.run_search,
 }
-
-
-def _resolve(name: str):
-  module, fn = STAGES[name].split(":")
-  return getattr(importlib.import_module(module), fn)
 
 
 def run(config, workdir: Path, mesh) -> dict:
@@ -38,7 +43,7 @@ def run(config, workdir: Path, mesh) -> dict:
   unknown = [s for s in names if s not in STAGES]
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
-  results = {}
+  results, shared = {}, None
   for name in names:
     done = workdir / name / "DONE.json"
     if done.exists():
@@ -46,7 +51,8 @@ def run(config, workdir: Path, mesh) -> dict:
       results[name] = json.loads(done.read_text())
       continue
     log.info("stage %s: starting", name)
-    results[name] = _resolve(name)(config, workdir, mesh)
+    shared = shared or run_lib.make_run(config, workdir, mesh)
+    results[name] = STAGES[name](shared)
     if jax.process_index() == 0:
       done.parent.mkdir(parents=True, exist_ok=True)
       done.write_text(json.dumps(results[name], indent=2, default=float))

@@ -2,6 +2,8 @@
 
 Prompts are processed in fixed-size chunks (padded with copies of the first
 prompt) so the sampler compiles once per run, whatever the number of prompts.
+`evaluate_policy` grades them: pass@k of a policy on held-out prompts (used by
+SFT/RFT and, next, RL).
 """
 
 import dataclasses
@@ -10,6 +12,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from pav_jax import metrics
 from pav_jax import sampler as sampler_lib
 
 
@@ -66,3 +69,27 @@ def sample(
       prefilled_tokens=sampler_lib.prefilled_tokens(prompts),
       generated_tokens=generated,
   )
+
+
+@dataclasses.dataclass
+class PolicyEval:
+  metrics: dict[str, float]
+  correct: np.ndarray  # [P, k]
+  texts: list[list[str]]
+
+
+def evaluate_policy(sampler, params, task, tok, examples, *, k: int,
+                    max_new_tokens: int, rng, batch_rows: int) -> PolicyEval:
+  """Samples k responses per held-out prompt: pass@1/4/16 and mean steps."""
+  prompts = [tok.encode(task.prompt(ex), bos=True) for ex in examples]
+  ro = sample(sampler, params, prompts, k, rng, max_new_tokens, batch_rows)
+  texts = [[tok.decode(r) for r in rs] for rs in ro.responses]
+  correct = np.array([[task.grade(ex, t) for t in ts]
+                      for ex, ts in zip(examples, texts)], np.float64)
+  c = correct.sum(1)
+  scores = {f"pass@{j}": float(metrics.pass_at_k(np.full_like(c, k), c, j).mean())
+            for j in (1, 4, 16, 64) if j <= k}
+  scores["mean_steps"] = float(np.mean([len(task.steps(t)) for ts in texts for t in ts]))
+  scores["truncated_frac"] = float(1.0 - ro.finished.mean())
+  scores["generated_tokens"] = float(ro.generated_tokens)
+  return PolicyEval(scores, correct, texts)

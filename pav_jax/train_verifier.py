@@ -23,11 +23,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from pav_jax import advantages
 from pav_jax import checkpoint as ckpt_lib
-from pav_jax import labelling
+from pav_jax import labelled_set
 from pav_jax import losses
+from pav_jax import metrics as metrics_lib
+from pav_jax import run_lib
+from pav_jax import sharding as sharding_lib
 from pav_jax import train_lib
 from pav_jax import transformer
 from pav_jax import verifier
@@ -52,11 +55,11 @@ def training_arrays(data: dict, kind: str, prover_k: float = 4.0,
   """Per-row model inputs and per-prefix targets/masks/weights of a kind.
 
   first_pit_high > 0 keeps, for the step-level kinds, only the "first pit"
-  prefixes of failing seeds (`labelling.first_pit_selection`).
+  prefixes of failing seeds (`advantages.first_pit_selection`).
   """
   mask_NP = data["mask_NP"].astype(bool)
   if first_pit_high > 0 and kind != "orm":
-    mask_NP = np.asarray(labelling.first_pit_selection(
+    mask_NP = np.asarray(advantages.first_pit_selection(
         jnp.asarray(data["q_NP"]), jnp.asarray(mask_NP),
         jnp.asarray(data["outcome_N"]), first_pit_high))
   p = mask_NP.shape[1]
@@ -64,18 +67,18 @@ def training_arrays(data: dict, kind: str, prover_k: float = 4.0,
     last_N = data["num_prefixes_N"] - 1
     mask_NP = np.arange(p)[None, :] == last_N[:, None]
     target_NP = np.broadcast_to(data["outcome_N"][:, None], mask_NP.shape)
-    weight_NP = np.asarray(labelling.class_balance_weights(
+    weight_NP = np.asarray(advantages.class_balance_weights(
         jnp.asarray(target_NP), jnp.asarray(mask_NP)))
   elif kind in ("prm_q", "q_mu"):
     key = "q_NP" if kind == "prm_q" else "q_mu_NP"
     if key not in data:
       raise ValueError(f"verifier {kind} needs {key}: label with a prover checkpoint")
     target_NP = data[key]
-    weight_NP = np.asarray(labelling.class_balance_weights(
+    weight_NP = np.asarray(advantages.class_balance_weights(
         jnp.asarray(target_NP), jnp.asarray(mask_NP)))
   elif kind == "a_direct":
-    target_NP = np.asarray(labelling.prover_advantages(
-        jnp.asarray(data["q_NP"]), jnp.asarray(mask_NP), k=prover_k))
+    target_NP = np.asarray(advantages.prover_advantages(
+        jnp.asarray(data["q_NP"]), jnp.asarray(mask_NP), prover_k))
     mask_NP = mask_NP & (np.arange(p)[None, :] >= 1)
     weight_NP = np.ones_like(target_NP)
   else:
@@ -127,19 +130,11 @@ def make_loss(kind: str, *, step_id: int, eos_id: int, num_prefixes: int):
   return loss_fn
 
 
-def load_verifier(workdir: Path, setup, name: str):
-  """(graphdef, params) of the verifier exported to <workdir>/verifiers/<name>."""
-  return train_lib.load_params(
-      Path(workdir) / "verifiers" / name / "params",
-      lambda: verifier.create(setup.model_cfg), setup.mesh)
-
-
 def train(*, stage_dir: Path, kind: str, arrays: dict, model_cfg, mesh,
           policy_params, steps: int, batch_size: int, learning_rate: float,
           step_id: int, eos_id: int, seed: int = 0, ckpt_every: int = 100,
           log_every: int = 25, config_dict: dict | None = None):
   """Trains one verifier (resuming from stage_dir); returns (graphdef, params)."""
-  from pav_jax import train_policy  # deterministic batch order
   tx = train_lib.make_optimizer(train_lib.OptimConfig(
       learning_rate=learning_rate, warmup_steps=max(steps // 10, 1),
       total_steps=steps))
@@ -153,10 +148,11 @@ def train(*, stage_dir: Path, kind: str, arrays: dict, model_cfg, mesh,
   step_fn = train_lib.make_train_step(graphdef, loss_fn, tx, shardings, mesh)
   state = train_lib.fit(
       stage_dir=stage_dir, state=state, state_shardings=shardings,
-      train_step=step_fn, batch_fn=train_policy.batch_fn(arrays, batch_size, seed),
+      train_step=step_fn, batch_fn=run_lib.batch_fn(arrays, batch_size, seed),
       loop=train_lib.LoopConfig(num_steps=steps, ckpt_every=ckpt_every,
                                 log_every=log_every),
-      config_dict=config_dict, desc=f"verifier/{kind}")
+      config_dict=config_dict, desc=f"verifier/{kind}",
+      batch_sharding=sharding_lib.batch_sharding(mesh))
   return graphdef, state["params"]
 
 
@@ -176,53 +172,14 @@ def predict(graphdef, params, arrays: dict, *, kind: str, step_id: int,
   return np.tanh(logit_NP) if kind == "a_direct" else 1 / (1 + np.exp(-logit_NP))
 
 
-# Evaluation (host numpy) --------------------------------------------------------
-
-
-def auroc(score: np.ndarray, label: np.ndarray) -> float:
-  """Area under the ROC curve (Mann-Whitney with tied ranks); nan if one class."""
-  label = np.asarray(label) > 0.5
-  n1, n0 = label.sum(), (~label).sum()
-  if n1 == 0 or n0 == 0:
-    return float("nan")
-  order = np.argsort(score, kind="mergesort")
-  ranks = np.empty(len(score))
-  s = np.asarray(score)[order]
-  i = 0
-  while i < len(s):
-    j = i
-    while j + 1 < len(s) and s[j + 1] == s[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2 + 1
-    i = j + 1
-  return float((ranks[label].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def calibration(pred: np.ndarray, target: np.ndarray, bins: int = 10):
-  """(bin centres, mean pred, mean target, counts, ECE) of a reliability plot."""
-  edges = np.linspace(0, 1, bins + 1)
-  b = np.clip(np.digitize(pred, edges) - 1, 0, bins - 1)
-  cnt = np.bincount(b, minlength=bins)
-  mp = np.bincount(b, pred, bins) / np.maximum(cnt, 1)
-  mt = np.bincount(b, target, bins) / np.maximum(cnt, 1)
-  ece = float(np.sum(cnt * np.abs(mp - mt)) / max(cnt.sum(), 1))
-  return (edges[:-1] + edges[1:]) / 2, mp, mt, cnt, ece
-
-
-def best_threshold_error(score_val, y_val, score_test, y_test) -> float:
-  """Test error of `score >= thr`, thr tuned on the validation split."""
-  if len(score_val) == 0 or len(score_test) == 0:
-    return float("nan")
-  u = np.unique(score_val)
-  cands = np.concatenate([[-np.inf, np.inf], (u[1:] + u[:-1]) / 2])
-  errs = [np.mean((score_val >= c) != (y_val > 0.5)) for c in cands]
-  thr = cands[int(np.argmin(errs))]
-  return float(np.mean((score_test >= thr) != (y_test > 0.5)))
+# Evaluation (host numpy; metrics in `metrics.py`) -------------------------------
 
 
 def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
              out_dir: Path) -> tuple[dict, str]:
   """Calibration, per-step AUROC, advantage correlation, Fig. 10; plots + md."""
+  # matplotlib is imported here, not at the top: it costs ~1 s and every
+  # stage module is imported by the pipeline (and by tests) at start-up.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -232,33 +189,31 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
   y = data["outcome_N"]
   p = mask.shape[1]
   q_pi = preds["prm_q"]
-  a_mu = np.asarray(labelling.prover_advantages(
-      jnp.asarray(q_pi), jnp.asarray(mask), k=prover_k))
-  pav = q_pi + alpha * a_mu
-  if "q_mu" in preds:
-    a_mu = np.asarray(labelling.prover_advantages(
-        jnp.asarray(q_pi), jnp.asarray(mask), q_mu_NP=jnp.asarray(preds["q_mu"])))
-    pav = q_pi + alpha * a_mu
-  a_mc = np.asarray(labelling.prover_advantages(
-      jnp.asarray(data["q_NP"]), jnp.asarray(mask), k=prover_k))
+  q_mu = jnp.asarray(preds["q_mu"]) if "q_mu" in preds else None
+  a_mu = np.asarray(advantages.prover_advantages(
+      jnp.asarray(q_pi), jnp.asarray(mask), prover_k, q_mu_NP=q_mu))
+  pav = np.asarray(advantages.effective_reward(q_pi, a_mu, alpha))
+  a_mc = np.asarray(advantages.prover_advantages(
+      jnp.asarray(data["q_NP"]), jnp.asarray(mask), prover_k))
   has_steps = min(p, int(data["num_prefixes_N"].max()))
   scores = {"orm": preds["orm"], "prm_q": q_pi, "pav": pav}
   if "a_direct" in preds:
-    scores["pav_direct"] = q_pi + alpha * preds["a_direct"]
+    scores["pav_direct"] = np.asarray(
+        advantages.effective_reward(q_pi, preds["a_direct"], alpha))
   metrics = {"auroc": {k: [] for k in scores}, "ece_by_step": [],
              "fig10": {"pqv": [], "pav": []}, "rows": int(len(y))}
   val = data["prompt_index_N"] % 2 == 0
   for h in range(has_steps):
     m = mask[:, h]
     for k, s in scores.items():
-      metrics["auroc"][k].append(auroc(s[m, h], y[m]))
-    metrics["ece_by_step"].append(calibration(q_pi[mc[:, h], h],
+      metrics["auroc"][k].append(metrics_lib.auroc(s[m, h], y[m]))
+    metrics["ece_by_step"].append(metrics_lib.calibration(q_pi[mc[:, h], h],
                                               data["q_NP"][mc[:, h], h])[4]
                                   if mc[:, h].any() else float("nan"))
     for name, s in (("pqv", q_pi), ("pav", pav)):
       mv, mt = m & val, m & ~val
-      metrics["fig10"][name].append(best_threshold_error(s[mv, h], y[mv], s[mt, h], y[mt]))
-  _, mp, mt, cnt, ece = calibration(q_pi[mc], data["q_NP"][mc])
+      metrics["fig10"][name].append(metrics_lib.best_threshold_error(s[mv, h], y[mv], s[mt, h], y[mt]))
+  _, mp, mt, cnt, ece = metrics_lib.calibration(q_pi[mc], data["q_NP"][mc])
   metrics["ece"] = ece
   step_m = mc & (np.arange(p)[None, :] >= 1)
   step_m &= np.concatenate([np.zeros_like(mc[:, :1]), mc[:, :-1]], axis=1) | ~mc
@@ -266,7 +221,7 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
   if "a_direct" in preds:
     metrics["adv_corr_direct"] = float(np.corrcoef(preds["a_direct"][step_m], a_mc[step_m])[0, 1]) if step_m.sum() > 2 else float("nan")
   metrics["outcome_auroc_last"] = {
-      k: auroc(s[np.arange(len(y)), data["num_prefixes_N"] - 1], y) for k, s in scores.items()}
+      k: metrics_lib.auroc(s[np.arange(len(y)), data["num_prefixes_N"] - 1], y) for k, s in scores.items()}
 
   out_dir.mkdir(parents=True, exist_ok=True)
   fig, ax = plt.subplots(figsize=(4, 4))
@@ -317,45 +272,46 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
 # The stage -------------------------------------------------------------------------
 
 
-def run_verifiers(config, workdir: Path, mesh) -> dict:
-  """Stage "verifiers": train ORM, PRM-Q (+Q^μ, A-direct), export, evaluate."""
-  from pav_jax import train_policy  # stage layer
+def run_verifiers(run: run_lib.Run) -> dict:
+  """Stage "verifiers": train ORM, PRM-Q (+Q^mu, A-direct), export, evaluate."""
   t0 = time.time()
-  workdir = Path(workdir)
-  setup = train_policy.make_setup(config, workdir, mesh)
-  _, policy_params = train_policy.load_policy(workdir, setup)
-  tok = setup.tok
-  expect = {"tokenizer_sha256": labelling.tokenizer_sha256(tok),
-            "step_id": tok.step_id, "eos_id": tok.eos_id}
-  train_data = labelling.load_labelled(workdir / "label" / "train", expect)
-  eval_data = labelling.load_labelled(workdir / "label" / "eval", expect)
+  config, workdir = run.config, run.workdir
+  _, policy_params = run.load_policy()
+  tok = run.tok
+  expect = labelled_set.tokenizer_identity(tok)
+  train_data = labelled_set.load_labelled(workdir / "label" / "train", expect)
+  eval_data = labelled_set.load_labelled(workdir / "label" / "eval", expect)
   vc = config.verifier
-  k, alpha = float(config.search.prover_k), float(config.search.alpha)
+  k, alpha = run.pav.prover_k, run.pav.alpha
   kinds = ["orm", "prm_q"]
   if "q_mu_NP" in train_data:
     kinds.append("q_mu")
   if vc.a_direct:
     kinds.append("a_direct")
-  out_dir = workdir / "verifiers"
+  out_dir = run.stage_dir("verifiers")
   preds, summary = {}, {"kinds": kinds}
   for kind in kinds:
     arrays = training_arrays(train_data, kind, k,
                              config.label.get("first_pit_high", 0.0))
     graphdef, params = train(
         stage_dir=out_dir / kind, kind=kind, arrays=arrays,
-        model_cfg=setup.model_cfg, mesh=mesh, policy_params=policy_params,
+        model_cfg=run.model_cfg, mesh=run.mesh, policy_params=policy_params,
         steps=vc.steps, batch_size=vc.batch_size, learning_rate=vc.learning_rate,
         step_id=tok.step_id, eos_id=tok.eos_id, seed=config.seed,
         config_dict=config.to_dict())
     ckpt_lib.save_params(out_dir / kind / "params", params)
-    ev_arrays = training_arrays(eval_data, "prm_q" if kind == "q_mu" and "q_mu_NP" not in eval_data else kind, k)
+    ev_kind = ("prm_q" if kind == "q_mu" and "q_mu_NP" not in eval_data
+               else kind)
+    ev_arrays = training_arrays(eval_data, ev_kind, k)
     preds[kind] = predict(graphdef, params, ev_arrays, kind=kind,
                           step_id=tok.step_id, eos_id=tok.eos_id)
   metrics, md = evaluate(preds, eval_data, alpha=alpha, prover_k=k, out_dir=out_dir)
   summary.update(metrics, seconds=time.time() - t0,
                  train_prefixes=int(train_data["mask_NP"].sum()),
                  eval_rows=int(len(eval_data["outcome_N"])))
-  (out_dir / "eval.json").write_text(json.dumps(summary, indent=2, default=float))
+  if jax.process_index() == 0:
+    (out_dir / "eval.json").write_text(
+        json.dumps(summary, indent=2, default=float))
   summary["report_md"] = (
       f"Verifiers ({', '.join(kinds)}), {vc.steps} steps each, evaluated on "
       f"{summary['eval_rows']} held-out rollouts; PAV = Q̂^π + {alpha}·Â^μ with "

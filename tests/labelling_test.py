@@ -1,5 +1,5 @@
-"""Tests of pav_jax.labelling: MC labels vs exact DP, fork == re-prefill,
-resume, and refusal of corrupt or mismatched labelled sets."""
+"""Tests of pav_jax.labelling and labelled_set: MC labels vs exact DP,
+fork == re-prefill, resume, and refusal of corrupt or mismatched sets."""
 
 import json
 
@@ -11,6 +11,7 @@ from flax import nnx
 
 from pav_jax import advantages
 from pav_jax import config as config_lib
+from pav_jax import labelled_set
 from pav_jax import labelling
 from pav_jax import sampler as sampler_lib
 from pav_jax import transformer
@@ -191,17 +192,17 @@ def test_forked_labels_equal_reprefilled_labels():
 def test_pure_prover_math():
   q_NP = jnp.array([[0.2, 0.5, 0.0, 1.0], [0.4, 0.4, 0.9, 0.0]])
   m_NP = jnp.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool)
-  a = labelling.prover_advantages(q_NP, m_NP)
+  a = advantages.prover_advantages(q_NP, m_NP)
   np.testing.assert_allclose(a, [[0, 0.3, -0.5, 1.0], [0, 0.0, 0.5, 0]], atol=1e-6)
-  a4 = labelling.prover_advantages(q_NP, m_NP, k=4)
+  a4 = advantages.prover_advantages(q_NP, m_NP, prover_k=4)
   bq = 1 - (1 - np.asarray(q_NP)) ** 4
   np.testing.assert_allclose(a4[0, 1:], np.diff(bq[0]), atol=1e-6)
-  np.testing.assert_allclose(labelling.effective_rewards(q_NP, a, m_NP, 0.5)[1],
+  np.testing.assert_allclose(advantages.effective_rewards(q_NP, a, m_NP, 0.5)[1],
                              [0.4, 0.4, 1.15, 0.0], atol=1e-6)
-  w = labelling.class_balance_weights(q_NP, m_NP)
+  w = advantages.class_balance_weights(q_NP, m_NP)
   hi = (np.asarray(q_NP) >= 0.5) & np.asarray(m_NP)
   assert np.isclose(w[hi].sum(), w[~hi & np.asarray(m_NP)].sum())
-  pit, keep = labelling.first_pit(q_NP, m_NP, high=0.5)
+  pit, keep = advantages.first_pit(q_NP, m_NP, high=0.5)
   np.testing.assert_array_equal(pit, [2, -1])
   np.testing.assert_array_equal(keep[0], [1, 1, 1, 0])
   zeros = [0.3, 0.2, 0.1, 0.0, 0.0, 0.0]
@@ -226,34 +227,34 @@ def test_resume_and_refuse_mismatched_or_corrupt_sets(tmp_path):
   assert full["complete"] and full["counts"]["rollouts"] == 12
   part = _run(tmp_path / "part", s, params, prompts, lc, ident, max_chunks=1)
   assert not part["complete"] and len(part["shards"]) == 1
-  with pytest.raises(labelling.LabelledSetError, match="incomplete"):
-    labelling.load_labelled(tmp_path / "part")
+  with pytest.raises(labelled_set.LabelledSetError, match="incomplete"):
+    labelled_set.load_labelled(tmp_path / "part")
   mtime = (tmp_path / "part" / "shard_00000.npz").stat().st_mtime_ns
   done = _run(tmp_path / "part", s, params, prompts, lc, ident)
   assert done["complete"]
   assert (tmp_path / "part" / "shard_00000.npz").stat().st_mtime_ns == mtime
-  a, b = labelling.load_labelled(tmp_path / "full"), labelling.load_labelled(tmp_path / "part")
+  a, b = labelled_set.load_labelled(tmp_path / "full"), labelled_set.load_labelled(tmp_path / "part")
   for k in a:
     if k != "manifest":
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert done["budget"]["sampled_tokens"] == full["budget"]["sampled_tokens"]
   # Mismatches: another step delimiter / tokenizer.
-  with pytest.raises(labelling.LabelledSetError, match="step_id"):
+  with pytest.raises(labelled_set.LabelledSetError, match="step_id"):
     _run(tmp_path / "full", s, params, prompts, lc, dict(ident, step_id=9))
-  with pytest.raises(labelling.LabelledSetError, match="tokenizer_sha256"):
-    labelling.load_labelled(tmp_path / "full", expect={"tokenizer_sha256": "zzz"})
+  with pytest.raises(labelled_set.LabelledSetError, match="tokenizer_sha256"):
+    labelled_set.load_labelled(tmp_path / "full", expect={"tokenizer_sha256": "zzz"})
   # Corruption: a flipped shard byte, a broken manifest.
   shard = tmp_path / "full" / "shard_00001.npz"
   data = bytearray(shard.read_bytes())
   data[len(data) // 2] ^= 0xFF
   shard.write_bytes(bytes(data))
-  with pytest.raises(labelling.LabelledSetError, match="corrupt"):
-    labelling.load_labelled(tmp_path / "full")
+  with pytest.raises(labelled_set.LabelledSetError, match="corrupt"):
+    labelled_set.load_labelled(tmp_path / "full")
   (tmp_path / "part" / "manifest.json").write_text("{not json")
-  with pytest.raises(labelling.LabelledSetError, match="not valid JSON"):
-    labelling.load_labelled(tmp_path / "part")
+  with pytest.raises(labelled_set.LabelledSetError, match="not valid JSON"):
+    labelled_set.load_labelled(tmp_path / "part")
   m = json.loads((tmp_path / "full" / "manifest.json").read_text())
   m["version"] = 99
   (tmp_path / "full" / "manifest.json").write_text(json.dumps(m))
-  with pytest.raises(labelling.LabelledSetError, match="v99"):
-    labelling.load_labelled(tmp_path / "full")
+  with pytest.raises(labelled_set.LabelledSetError, match="v99"):
+    labelled_set.load_labelled(tmp_path / "full")

@@ -273,7 +273,7 @@ def test_summarise_compute_ratios():
       "orm_bon": {"acc": [0.2, 0.3, 0.4], "flops": [1.0, 2.0, 4.0]},
       "pav_beam": {"acc": [0.35, 0.45, 0.5], "flops": [1.0, 2.0, 4.0]},
       "prm_q_beam": {"acc": [0.1, 0.2, 0.5], "flops": [1.0, 2.0, 4.0]},
-      "pav_orm_bon": {"acc": [0.2, 0.3, 0.45], "flops": [1.0, 2.0, 4.0]}}}
+      "prm_last_bon": {"acc": [0.2, 0.3, 0.45], "flops": [1.0, 2.0, 4.0]}}}
   s = search.summarise(res)
   # PAV reaches ORM@max (0.4) between flops 1 and 2 (log-interpolated).
   assert s["pav_vs_orm_compute_ratio"] == pytest.approx(4.0 / 2**0.5)
@@ -281,4 +281,4 @@ def test_summarise_compute_ratios():
       [0.15, 0.15, 0.1])
   assert s["pav_vs_orm_best_compute_ratio"] == pytest.approx(4.0 / 2**0.5)
   assert s["pav_vs_prm_q_beam_compute_ratio"] == pytest.approx(1.0)
-  assert s["pav_orm_vs_orm_at_max_n"] == pytest.approx(0.05)
+  assert s["prm_last_vs_orm_at_max_n"] == pytest.approx(0.05)

@@ -5,6 +5,8 @@ import numpy as np
 
 from pav_jax import checkpoint as ckpt_lib
 from pav_jax import config as config_lib
+from pav_jax import metrics
+from pav_jax import run_lib
 from pav_jax import sharding
 from pav_jax import train_verifier
 from pav_jax import transformer
@@ -52,11 +54,12 @@ def test_verifier_fits_synthetic_step_targets_and_exports(tmp_path):
                                 step_id=STEP, eos_id=EOS, batch_size=32)
   err = np.abs(pred - data["q_NP"])[:, 1:]
   assert err.mean() < 0.05, err.mean()
-  # Export -> load_verifier round trip gives the same scores.
+  # Export -> Run.load_verifier round trip gives the same scores.
   (tmp_path / "verifiers" / "prm_q").mkdir(parents=True)
   ckpt_lib.save_params(tmp_path / "verifiers" / "prm_q" / "params", params)
-  setup = type("S", (), {"model_cfg": CFG, "mesh": mesh})()
-  gd2, p2 = train_verifier.load_verifier(tmp_path, setup, "prm_q")
+  run = run_lib.Run(config=None, workdir=tmp_path, mesh=mesh, task=None,
+                    tok=None, model_cfg=CFG, pav=run_lib.Pav())
+  gd2, p2 = run.load_verifier("prm_q")
   pred2 = train_verifier.predict(gd2, p2, arrays, kind="prm_q", step_id=STEP,
                                  eos_id=EOS, batch_size=32)
   np.testing.assert_allclose(pred, pred2, atol=1e-6)
@@ -71,14 +74,14 @@ def test_training_arrays_kinds_and_eval_metrics(tmp_path):
   q = data["q_NP"]
   preds = {"orm": np.repeat(q[:, -1:], q.shape[1], 1), "prm_q": q,
            "a_direct": a["target"]}
-  metrics, md = train_verifier.evaluate(preds, data, alpha=0.5, prover_k=4,
-                                        out_dir=tmp_path)
-  assert metrics["auroc"]["prm_q"][-1] == 1.0
-  assert np.isclose(metrics["adv_corr"], 1.0) and metrics["ece"] < 1e-6
+  ev, md = train_verifier.evaluate(preds, data, alpha=0.5, prover_k=4,
+                                   out_dir=tmp_path)
+  assert ev["auroc"]["prm_q"][-1] == 1.0
+  assert np.isclose(ev["adv_corr"], 1.0) and ev["ece"] < 1e-6
   assert (tmp_path / "calibration.png").exists()
   assert (tmp_path / "ranking_fig10.png").exists() and "AUROC" in md
-  assert train_verifier.auroc(np.array([0.1, 0.4, 0.35, 0.8]),
-                              np.array([0, 0, 1, 1])) == 0.75
-  assert train_verifier.best_threshold_error(
+  assert metrics.auroc(np.array([0.1, 0.4, 0.35, 0.8]),
+                       np.array([0, 0, 1, 1])) == 0.75
+  assert metrics.best_threshold_error(
       np.array([0.1, 0.9]), np.array([0, 1]), np.array([0.2, 0.7]),
       np.array([0, 1])) == 0.0

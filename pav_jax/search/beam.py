@@ -1,0 +1,271 @@
+"""Step-level beam search guided by a PRM-Q or a PAV (paper Sec. 4).
+
+B beams per problem; each live beam samples C next steps (one step = up to
+the "\\n" delimiter) by resuming its own policy KV cache; every candidate
+(s, a) is scored by the PAV, Q^pi(s,a) + alpha (Q^mu(s,a) - Q^mu(s)) with
+Q^mu = BoK(pi) in closed form (mode "pav"), or by Q^pi alone (mode "q"); the
+top B per problem are kept. A candidate that ends with EOS is set aside and
+keeps its slot, so a problem holds at most B finished traces and the search
+ends when all B slots are finished, or after `max_steps`. The answer is the
+finished trace with the highest Q^pi (as in the paper). The verifier keeps a
+KV cache per beam (`verifier_cache`) that is forked and gathered with the
+policy's, so each new step is scored by reading only its own tokens. The
+beam is initialised with B copies of the question, so the first expansion
+samples B*C first steps.
+
+Shapes: P problems of a chunk, R = P*B beam rows, M = R*C candidates,
+L response tokens, H prefixes (max_steps + 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pav_jax import advantages
+from pav_jax import sampler as sampler_lib
+from pav_jax.search import verifier_cache
+from pav_jax.search.compute import Compute
+
+BEAM_MODES = ("q", "pav")
+
+
+def beam_scores(q_new_M: jax.Array, q_parent_M: jax.Array, *, mode: str,
+                alpha: float, prover_k: float) -> jax.Array:
+  """Scores of candidates (s, a): Q^pi(s,a) (+ alpha A^mu(s,a) for "pav").
+
+  Args:
+    q_new_M: predicted Q^pi(s, a) = V^pi of the prefix after the new step.
+    q_parent_M: predicted V^pi(s) of the prefix the step extends.
+    mode: "q" (PRM-Q beam) or "pav".
+    alpha: weight of the prover advantage.
+    prover_k: K of the Best-of-K(pi) prover, Q^mu = 1 - (1 - Q^pi)^K.
+  """
+  if mode == "q":
+    return q_new_M
+  if mode != "pav":
+    raise ValueError(f"beam mode must be one of {BEAM_MODES}, got {mode!r}")
+  adv_M = advantages.bok_step_advantage(q_new_M, q_parent_M, prover_k)
+  return advantages.effective_reward(q_new_M, adv_M, alpha)
+
+
+def select_top(score_PM: jax.Array, ok_PM: jax.Array, num_keep_P: jax.Array,
+               width: int) -> tuple[jax.Array, jax.Array]:
+  """Top-`width` candidates per problem among the valid ones.
+
+  Args:
+    score_PM: candidate scores, M candidates per problem.
+    ok_PM: which candidates may be kept.
+    num_keep_P: how many slots each problem still has (<= width).
+    width: static number of returned slots (the beam size B).
+
+  Returns:
+    (idx_PB, keep_PB): candidate index per slot, best first, and whether the
+    slot holds a kept candidate (False past num_keep or out of candidates).
+  """
+  masked_PM = jnp.where(ok_PM, score_PM, -jnp.inf)
+  top_PB, idx_PB = jax.lax.top_k(masked_PM, width)
+  rank_PB = jnp.arange(width)[None, :]
+  keep_PB = jnp.isfinite(top_PB) & (rank_PB < num_keep_P[:, None])
+  return idx_PB, keep_PB
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+  """Step-level beam search; see the module docstring."""
+
+  beam_size: int
+  expansions: int = 3
+  max_steps: int = 8
+  max_step_tokens: int = 16
+  mode: str = "pav"
+  alpha: float = 0.5
+  prover_k: float = 4.0
+  batch_rows: int = 768  # problems per chunk = batch_rows // (B * C)
+
+
+@dataclasses.dataclass
+class BeamResult:
+  """Per problem: the chosen response, its prefix values and the pool."""
+
+  responses: list[list[int]]  # EOS excluded
+  finished: np.ndarray  # bool [P]: the chosen trace ended with EOS
+  values: list[list[float]]  # Q^pi of the chosen trace's prefixes, V(s_1) first
+  pools: list[list[list[int]]]  # all finished traces (EOS excluded)
+  compute: Compute  # totals over the problems
+  seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class BeamState:
+  """Host copy of the live beams of a chunk (row r = problem * B + slot).
+
+  The device state (policy sampler state, verifier cache) travels beside it;
+  `pools` holds each problem's finished traces (final Q^pi, tokens, values).
+  """
+
+  q_R: np.ndarray  # Q^pi of each beam's last prefix
+  alive_R: np.ndarray  # bool: still extending
+  resp_RL: np.ndarray  # response tokens so far
+  rlen_R: np.ndarray  # response length
+  vals_RH: np.ndarray  # Q^pi of each prefix, V(s_1) first
+  nstep_R: np.ndarray  # steps taken
+  vpos_R: np.ndarray  # next position in the verifier's cache
+  pools: list[list[tuple[float, list[int], list[float]]]]
+  n_done_P: np.ndarray  # finished traces per problem
+
+  @classmethod
+  def init(cls, v0_P: np.ndarray, plen_P: np.ndarray, b: int, max_steps: int,
+           max_resp: int) -> BeamState:
+    p = len(plen_P)
+    r = p * b
+    q_R = np.repeat(np.asarray(v0_P), b)
+    vals_RH = np.zeros((r, max_steps + 1), np.float32)
+    vals_RH[:, 0] = q_R
+    return cls(q_R=q_R, alive_R=np.ones(r, bool),
+               resp_RL=np.zeros((r, max_resp), np.int32),
+               rlen_R=np.zeros(r, np.int32), vals_RH=vals_RH,
+               nstep_R=np.zeros(r, np.int32), vpos_R=np.repeat(plen_P, b),
+               pools=[[] for _ in range(p)], n_done_P=np.zeros(p, np.int32))
+
+  def advance(self, h: int, b: int, par_R, keep_R, eos_R, step_len_R,
+              steps_MN, q_new_M, cand_R) -> None:
+    """Keeps candidates `cand_R` (children of rows `par_R`) after step h."""
+    new_resp = self.resp_RL[par_R]
+    new_len = self.rlen_R[par_R]
+    for i in np.flatnonzero(keep_R):
+      n = step_len_R[i]
+      new_resp[i, new_len[i]:new_len[i] + n] = steps_MN[cand_R[i], :n]
+    new_len = new_len + np.where(keep_R, step_len_R, 0)
+    new_vals = self.vals_RH[par_R]
+    new_vals[:, h + 1] = q_new_M[cand_R]
+    for i in np.flatnonzero(keep_R & eos_R):
+      pi = i // b
+      trace = new_resp[i, : new_len[i] - 1].tolist()
+      self.pools[pi].append((float(q_new_M[cand_R[i]]), trace,
+                             new_vals[i, : h + 2].tolist()))
+      self.n_done_P[pi] += 1
+    self.resp_RL, self.rlen_R, self.vals_RH = new_resp, new_len, new_vals
+    self.nstep_R = self.nstep_R[par_R] + keep_R
+    self.q_R = q_new_M[cand_R]
+    self.alive_R = keep_R & ~eos_R
+    self.vpos_R = self.vpos_R[par_R] + step_len_R
+
+  def answer(self, pi: int, b: int) -> tuple[list[int], list[float], bool]:
+    """(trace, values, finished) chosen for problem pi."""
+    pool = self.pools[pi]
+    if pool:
+      best = max(range(len(pool)), key=lambda j: pool[j][0])
+      _, trace, vals = pool[best]
+      return trace, vals, True
+    rows = np.arange(pi * b, (pi + 1) * b)
+    if self.alive_R[rows].any():
+      # Nothing finished: the best live (unfinished) beam, graded as is.
+      i = rows[np.argmax(np.where(self.alive_R[rows], self.q_R[rows], -np.inf))]
+    else:  # every beam died (an over-long step): the longest partial trace
+      i = rows[np.argmax(self.rlen_R[rows])]
+    return (self.resp_RL[i, : self.rlen_R[i]].tolist(),
+            self.vals_RH[i, : 1 + self.nstep_R[i]].tolist(), False)
+
+
+def beam_search(sampler: sampler_lib.Sampler, policy_params,
+                verifier: Any, prompts: Sequence[Sequence[int]],
+                cfg: BeamConfig, rng: jax.Array) -> BeamResult:
+  """Batched step-level beam search over problems (chunked) and beams.
+
+  `verifier` is a `verifier_cache.CachedVerifier` or anything with its
+  `init_cache` / `extend` interface.
+  """
+  t0 = time.time()
+  b, c = cfg.beam_size, cfg.expansions
+  per_chunk = max(1, min(len(prompts), cfg.batch_rows // (b * c)))
+  out = BeamResult([], np.zeros(0, bool), [], [], Compute())
+  finished = []
+  for ci, start in enumerate(range(0, len(prompts), per_chunk)):
+    chunk = list(prompts[start:start + per_chunk])
+    real = len(chunk)
+    chunk += [chunk[0]] * (per_chunk - real)
+    res = _beam_chunk(sampler, policy_params, verifier, chunk, real, cfg,
+                      jax.random.fold_in(rng, ci))
+    out.responses += res.responses[:real]
+    out.values += res.values[:real]
+    out.pools += res.pools[:real]
+    finished.append(res.finished[:real])
+    out.compute = out.compute + res.compute
+  out.finished = np.concatenate(finished)
+  out.seconds = time.time() - t0
+  return out
+
+
+def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
+                real: int, cfg: BeamConfig, rng) -> BeamResult:
+  """Beam search on one chunk of problems; compute counts `real` ones only."""
+  b, c = cfg.beam_size, cfg.expansions
+  p = len(prompts)
+  r, m = p * b, p * b * c
+  n_w = cfg.max_step_tokens
+  plen_P = np.array([len(x) for x in prompts], np.int32)
+  real_P = np.arange(p) < real
+  compute = Compute(prefilled_tokens=float(plen_P[real_P].sum()))
+
+  # Prefill the policy and the verifier on the question (one row each).
+  pstate = sampler.prefill(policy_params, prompts, rng)
+  toks_PT, _ = sampler.pad_prompts(prompts)
+  vsize = toks_PT.shape[1] + cfg.max_steps * n_w
+  vcache = verifier.init_cache(p, vsize)
+  v0_P, vcache = verifier.extend(toks_PT, plen_P, np.zeros(p, np.int32), vcache)
+  compute.verifier_tokens += float(plen_P[real_P].sum())
+  # B copies of the question per problem: row = problem * B + slot.
+  pstate = sampler_lib.fork(pstate, b)
+  vcache = verifier_cache.fork_rows(vcache, b)
+  st = BeamState.init(v0_P, plen_P, b, cfg.max_steps, cfg.max_steps * n_w)
+  problem_M = np.arange(m) // (b * c)
+  parent_M = np.arange(m) // c
+
+  for h in range(cfg.max_steps):
+    if not st.alive_R.any():
+      break
+    pstate = pstate.replace(finished_B=jnp.asarray(~st.alive_R))
+    forked = sampler_lib.fork(pstate, c)
+    vc = verifier_cache.fork_rows(vcache, c)
+    dec = sampler.decode(policy_params, forked, n_w, stop_at_step=True)
+    tok_MN, len_M, stop_M = jax.device_get(
+        (dec.tokens_BN, dec.length_B, dec.stop_B))
+    # The verifier reads the new steps, cut to the longest (a multiple of 8,
+    # so that it compiles at most max_step_tokens / 8 times).
+    w = min(n_w, max(8, -(-int(len_M.max()) // 8) * 8))
+    q_new_M, vc = verifier.extend(tok_MN[:, :w], len_M,
+                                  np.repeat(st.vpos_R, c), vc)
+    q_new_M = np.asarray(jax.device_get(q_new_M))
+    ok_M = (st.alive_R[parent_M] & (len_M > 0)
+            & ((stop_M == sampler_lib.STEP_END) | (stop_M == sampler_lib.EOS)))
+    live_real_M = st.alive_R[parent_M] & real_P[problem_M]
+    compute.generated_tokens += float(len_M[live_real_M].sum())
+    compute.verifier_tokens += float(len_M[live_real_M].sum())
+    score_M = beam_scores(jnp.asarray(q_new_M), jnp.asarray(st.q_R[parent_M]),
+                          mode=cfg.mode, alpha=cfg.alpha,
+                          prover_k=cfg.prover_k)
+    idx_PB, keep_PB = jax.device_get(select_top(
+        score_M.reshape(p, b * c), jnp.asarray(ok_M.reshape(p, b * c)),
+        jnp.asarray(b - st.n_done_P), b))
+    cand_R = (idx_PB + (np.arange(p) * b * c)[:, None]).reshape(r)
+    keep_R = keep_PB.reshape(r)
+    eos_R = stop_M[cand_R] == sampler_lib.EOS
+    st.advance(h, b, parent_M[cand_R], keep_R, eos_R, len_M[cand_R], tok_MN,
+               q_new_M, cand_R)
+    rows = jnp.asarray(cand_R)
+    pstate = sampler_lib.select_rows(dec.state, rows)
+    vcache = verifier_cache.take_rows(vc, rows)
+
+  responses, values, fin = [], [], np.zeros(p, bool)
+  for pi in range(p):
+    trace, vals, fin[pi] = st.answer(pi, b)
+    responses.append(trace)
+    values.append(vals)
+  return BeamResult(responses, fin, values,
+                    [[t for _, t, _ in pool] for pool in st.pools], compute)

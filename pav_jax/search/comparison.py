@@ -1,0 +1,172 @@
+"""The comparison: best-of-N methods and beam searches at every N.
+
+`compare` runs every method on the same problems and policy and returns a
+JSON-serialisable dict (accuracy, compute and FLOPs per problem per N).
+Method names: pass@N, majority, orm_bon, prm_last_bon (the PRM-Q/PAV model's
+Q^pi at the last prefix, used as an ORM), prm_min_bon, prm_product_bon,
+pav_min_bon, prm_q_beam, pav_beam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from pav_jax import config as config_lib
+from pav_jax import metrics
+from pav_jax import run_lib
+from pav_jax import sampler as sampler_lib
+from pav_jax.search import bon
+from pav_jax.search import compute as compute_lib
+from pav_jax.search.beam import BEAM_MODES
+from pav_jax.search.beam import BeamConfig
+from pav_jax.search.beam import beam_search
+from pav_jax.search.compute import Compute
+from pav_jax.search.verifier_cache import CachedVerifier
+
+log = logging.getLogger(__name__)
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+  """The knobs of one comparison (from `c.search`)."""
+
+  ns: tuple[int, ...] = (2, 4, 8, 16)
+  alpha: float = 0.5
+  prover_k: float = 4.0
+  expansions: int = 3
+  max_steps: int = 8
+  max_step_tokens: int = 16
+  max_new_tokens: int = 80
+  batch_rows: int = 768
+  beam_modes: tuple[str, ...] = BEAM_MODES
+  bon_methods: bool = True
+
+
+
+def _csv(s, cast) -> tuple:
+  return tuple(cast(x) for x in str(s).split(",") if x.strip())
+
+
+def settings_from_config(config) -> SearchSettings:
+  """`c.search` plus alpha and prover K from `c.pav`."""
+  s = config.search
+  pav = run_lib.pav_settings(config)
+  return SearchSettings(
+      ns=_csv(s.ns, int), alpha=pav.alpha, prover_k=pav.prover_k,
+      expansions=int(s.expansions), max_steps=int(s.max_steps),
+      max_step_tokens=int(s.max_step_tokens),
+      max_new_tokens=int(config.sample.max_new_tokens),
+      batch_rows=int(s.batch_rows), beam_modes=_csv(s.beam_modes, str.strip))
+
+
+def make_search_sampler(run: run_lib.Run, graphdef, settings: SearchSettings,
+                        examples) -> sampler_lib.Sampler:
+  """The policy sampler, its cache sized for the prompts plus either
+  max_new_tokens (best-of-N) or max_steps full steps (beam search)."""
+  longest = max(len(p) for p in run.encode_prompts(examples))
+  bucket = run.sampler(graphdef).bucket(longest)  # no compile: reads buckets
+  cache = bucket + 1 + max(settings.max_new_tokens,
+                           settings.max_steps * settings.max_step_tokens)
+  return run.sampler(graphdef, cache_size=cache)
+
+
+def _grade(task, tok, examples, responses) -> np.ndarray:
+  return np.array([task.grade(ex, tok.decode(r))
+                   for ex, r in zip(examples, responses)], np.float64)
+
+
+def compare(*, sampler: sampler_lib.Sampler, policy_params,
+            policy_cfg: config_lib.ModelConfig, verifiers: dict[str, Any],
+            task, tok, examples, settings: SearchSettings, rng: jax.Array,
+            beam_verifier: CachedVerifier | None = None) -> dict:
+  """All methods at every N on `examples`; a JSON-serialisable dict.
+
+  `verifiers` maps "orm" and "prm_q" to (graphdef, params); `beam_verifier`
+  (default: a new `CachedVerifier` of "prm_q") lets repeated calls share
+  its compiled functions. Returns
+  {"ns", "methods": {name: {"acc": [...], "compute": [{...}], "flops": [...]}},
+   "settings", "seconds"}; compute is per problem.
+  """
+  t0, c0 = time.time(), time.process_time()
+  ns = sorted(settings.ns)
+  prompts = [tok.encode(task.prompt(ex), bos=True) for ex in examples]
+  n_pol = compute_lib.policy_flop_params(policy_cfg)
+  n_ver = {name: compute_lib.verifier_flop_params(
+      compute_lib.verifier_config(*gp)) for name, gp in verifiers.items()}
+  methods: dict[str, dict] = {}
+
+  def add(name, n, acc, comp: Compute, ver: str | None, **extra):
+    d = methods.setdefault(name, {"acc": [], "compute": [], "flops": []})
+    d["acc"].append(float(acc))
+    d["compute"].append(comp.as_dict())
+    d["flops"].append(comp.flops(n_pol, n_ver[ver] if ver else 0))
+    for key, val in extra.items():
+      d.setdefault(key, []).append(val)
+
+  if settings.bon_methods:
+    t1 = time.time()
+    kmax = ns[-1]
+    smp = bon.draw_samples(sampler, policy_params, task, tok, examples,
+                           prompts, kmax, jax.random.fold_in(rng, 0),
+                           settings.max_new_tokens, settings.batch_rows)
+    kw = dict(pad_id=tok.pad_id, step_id=tok.step_id, eos_id=tok.eos_id)
+    scores = {}
+    if "orm" in verifiers:
+      v, msk = bon.score_samples(*verifiers["orm"], smp, prompts, **kw)
+      scores["orm_bon"] = ("orm", bon.aggregate_steps(
+          v.reshape(-1, v.shape[-1]), msk.reshape(-1, v.shape[-1]), "last"))
+    if "prm_q" in verifiers:
+      v, msk = bon.score_samples(*verifiers["prm_q"], smp, prompts, **kw)
+      v2, m2 = v.reshape(-1, v.shape[-1]), msk.reshape(-1, v.shape[-1])
+      scores["prm_last_bon"] = ("prm_q", bon.aggregate_steps(v2, m2, "last"))
+      scores["prm_min_bon"] = ("prm_q", bon.aggregate_steps(v2, m2, "min"))
+      scores["prm_product_bon"] = ("prm_q",
+                                   bon.aggregate_steps(v2, m2, "product"))
+      scores["pav_min_bon"] = ("prm_q", bon.pav_min_scores(
+          v2, m2, settings.alpha, settings.prover_k))
+    p, k = smp.correct.shape
+    for n in ns:
+      add("pass@N", n, metrics.pass_at_n(smp.correct, n),
+          bon.bon_compute(smp, n, 0), None)
+      add("majority", n, metrics.majority_vote(smp.answers, smp.correct, n),
+          bon.bon_compute(smp, n, 0), None)
+      for name, (ver, s) in scores.items():
+        add(name, n,
+            metrics.best_of_n(np.asarray(s).reshape(p, k), smp.correct, n),
+            bon.bon_compute(smp, n, 1), ver)
+    log.info("best-of-N: %d x %d samples in %.0f s", p, k, time.time() - t1)
+
+  if "prm_q" in verifiers:
+    cv = beam_verifier or CachedVerifier(*verifiers["prm_q"])
+    for mode in settings.beam_modes:
+      name = {"q": "prm_q_beam", "pav": "pav_beam"}[mode]
+      for n in ns:
+        bcfg = BeamConfig(
+            beam_size=n, expansions=settings.expansions,
+            max_steps=settings.max_steps,
+            max_step_tokens=settings.max_step_tokens, mode=mode,
+            alpha=settings.alpha, prover_k=settings.prover_k,
+            batch_rows=settings.batch_rows)
+        res = beam_search(sampler, policy_params, cv, prompts, bcfg,
+                          jax.random.fold_in(rng, 1000 + n))
+        corr = _grade(task, tok, examples, res.responses)
+        pool_pass = np.mean([
+            any(task.grade(ex, tok.decode(t)) for t in pool)
+            for ex, pool in zip(examples, res.pools)])
+        add(name, n, corr.mean(), res.compute.scaled(1.0 / len(examples)),
+            "prm_q", pool_pass=float(pool_pass),
+            finished_frac=float(res.finished.mean()), seconds=res.seconds)
+        log.info("%s N=%d: acc %.3f in %.1f s", name, n, corr.mean(),
+                 res.seconds)
+  return {"ns": ns, "methods": methods,
+          "settings": dataclasses.asdict(settings),
+          "flop_params": {"policy": n_pol, **n_ver},
+          "num_prompts": len(examples), "seconds": time.time() - t0,
+          "cpu_seconds": time.process_time() - c0}
+
+
