@@ -36,6 +36,17 @@ STAGES: dict[str, Callable[[run_lib.Run], dict]] = {
 }
 
 
+def done_path(config, workdir: Path, name: str) -> Path:
+  """Where stage `name` records that it finished (its summary).
+
+  `<workdir>/<stage>/DONE.json`; a search writing elsewhere
+  (`c.search.out_dir`, e.g. an experiment record) marks that directory.
+  """
+  if name == "search" and config.search.out_dir:
+    return Path(config.search.out_dir) / "DONE.json"
+  return workdir / name / "DONE.json"
+
+
 def run(config, workdir: Path, mesh) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +56,7 @@ def run(config, workdir: Path, mesh) -> dict:
     raise ValueError(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
   results, shared = {}, None
   for name in names:
-    done = workdir / name / "DONE.json"
+    done = done_path(config, workdir, name)
     if done.exists():
       log.info("stage %s already done (%s): skipping", name, done)
       results[name] = json.loads(done.read_text())
