@@ -26,7 +26,8 @@ from pav_jax import sharding
 from pav_jax import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs go; reruns resume.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Where outputs go; reruns resume.")
 _LIST = flags.DEFINE_bool(
     "list", False, "Print the stages and every config key with its default "
     "(and the --config file's value where it differs), then exit.")
@@ -62,7 +63,8 @@ def main(argv):
     return 0
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required (or --list)")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   config = _CONFIG.value
   config_checks.validate(config)

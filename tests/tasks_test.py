@@ -335,10 +335,38 @@ def test_missing_split_and_data_dir_errors(tmp_path):
     tasks.get_task("gsm8k", data_dir=tmp_path / "nope").examples("test")
 
 
-def test_find_data_dir_prefers_env(tmp_path, monkeypatch):
+def test_find_data_dir_prefers_env_and_refuses_a_mistyped_one(
+    tmp_path, monkeypatch):
   monkeypatch.setenv("PAV_DATA_DIR", str(tmp_path))
   assert tasks.find_data_dir() == tmp_path
   monkeypatch.setenv("PAV_DATA_DIR", str(tmp_path / "missing"))
+  with pytest.raises(FileNotFoundError,
+                     match=r"\$PAV_DATA_DIR is set to .*missing.*not a"):
+    tasks.find_data_dir()
+  with pytest.raises(FileNotFoundError, match="PAV_DATA_DIR"):
+    tasks.get_task("gsm8k").examples("train")
+  monkeypatch.delenv("PAV_DATA_DIR")
   found = tasks.find_data_dir()
   repo = pathlib.Path(base.__file__).resolve().parents[2]
   assert found is None or found == repo.parent / "shared" / "data"
+
+
+def test_non_utf8_byte_names_file_and_line(tmp_path):
+  good = json.dumps({"question": "q", "answer": "a\n#### 1"}).encode()
+  path = tmp_path / "train.jsonl"
+  path.write_bytes(good + b"\n" + good + b"\n" + b'{"question": "caf\xe9"'
+                   + b"}\n")
+  with pytest.raises(ValueError, match=re.escape(f"{path}:3: not valid UTF-8")
+                     + r" \(byte 0xe9 at column 18\): re-save"):
+    tasks.get_task("gsm8k", data_dir=tmp_path).examples("train")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("gsm8k", ""), ("gsm8k", "\n\n"), ("math", "")])
+def test_empty_data_file_says_so(tmp_path, name, content):
+  split = "train" if name == "gsm8k" else "test"
+  path = tmp_path / f"{split}.jsonl"
+  path.write_text(content)
+  message = re.escape(f"file {path} has no examples")
+  with pytest.raises(ValueError, match=message):
+    tasks.get_task(name, data_dir=tmp_path).examples(split)

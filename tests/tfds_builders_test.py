@@ -82,6 +82,31 @@ def test_gsm8k_from_manual_dir(tmp_path):
   _assert_no_tensorflow()
 
 
+def test_changed_source_file_is_prepared_again(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+
+  def write(n):
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(n)]
+    (manual / "train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows))
+
+  write(3)
+  first = tfds_builders.load_examples(
+      "gsm8k", "train", tmp_path / "tfds", manual_dir=manual)
+  assert [ex.answer for ex in first] == ["0", "1", "2"]
+  write(5)  # The file grew: the old prepared rows must not be served.
+  grown = tfds_builders.load_examples(
+      "gsm8k", "train", tmp_path / "tfds", manual_dir=manual)
+  assert [ex.answer for ex in grown] == ["0", "1", "2", "3", "4"]
+  write(3)  # Back to the first content: its prepared data is reused.
+  again = tfds_builders.load_examples(
+      "gsm8k", "train", tmp_path / "tfds", manual_dir=manual)
+  assert again == first
+  prepared = (tmp_path / "tfds" / "pav_gsm8k").glob("default_*")
+  assert len(list(prepared)) == 2
+
+
 def test_math_from_manual_dir(tmp_path):
   manual = tmp_path / "manual"
   manual.mkdir()

@@ -152,6 +152,9 @@ def generate_split(task, split: str, num: int | None, seed: int) -> list[Example
 # -- File-backed data ----------------------------------------------------------
 
 
+DATA_DIR_ENV = "PAV_DATA_DIR"
+
+
 def find_data_dir() -> pathlib.Path | None:
   """Finds the shared data directory.
 
@@ -159,11 +162,22 @@ def find_data_dir() -> pathlib.Path | None:
   root (`<repo>/../shared/data`).
 
   Returns:
-    The directory, or None if neither exists.
+    The directory, or None if `$PAV_DATA_DIR` is unset and there is no
+    `shared/data` beside the repository.
+
+  Raises:
+    FileNotFoundError: if `$PAV_DATA_DIR` is set but is not a directory (a
+      typo must not silently fall back to other data).
   """
-  env = os.environ.get("PAV_DATA_DIR")
-  if env and pathlib.Path(env).is_dir():
-    return pathlib.Path(env)
+  env = os.environ.get(DATA_DIR_ENV)
+  if env:
+    path = pathlib.Path(env)
+    if not path.is_dir():
+      raise FileNotFoundError(
+          f"${DATA_DIR_ENV} is set to {env!r}, which is not a directory: fix"
+          f" it, or unset {DATA_DIR_ENV} to use <repo>/../shared/data"
+      )
+    return path
   repo_root = pathlib.Path(__file__).resolve().parents[2]
   shared = repo_root.parent / "shared" / "data"
   return shared if shared.is_dir() else None
@@ -181,17 +195,30 @@ def read_jsonl(
     required: Keys every record must hold as strings.
 
   Raises:
-    ValueError: naming the file and line, if a line is not a JSON object or
-      lacks a required string field.
+    ValueError: naming the file and line, if a line is not UTF-8, not a
+      JSON object or lacks a required string field; or naming the file, if
+      it holds no record at all.
   """
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
+  count = 0
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at"
+            f" column {e.start + 1}): re-save the file as UTF-8 or fix that"
+            " line"
+        ) from None
       if not line.strip():
         continue
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from e
+        raise ValueError(
+            f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno}):"
+            " each line must be one complete JSON object"
+        ) from e
       if not isinstance(record, dict):
         raise ValueError(
             f"{path}:{lineno}: expected a JSON object, got"
@@ -205,7 +232,13 @@ def read_jsonl(
               f"{path}:{lineno}: key {key!r} must be a string, got"
               f" {type(record[key]).__name__}"
           )
+      count += 1
       yield lineno, record
+  if count == 0:
+    raise ValueError(
+        f"file {path} has no examples: expected one JSON object per line"
+        f" with keys {list(required)}; fill it or remove it"
+    )
 
 
 def resolve_data_dir(

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from pav_jax import identity
 from pav_jax.tasks import base
 from pav_jax.tasks import registry
 
@@ -200,7 +201,7 @@ _CONFIG_FIELDS = ("num_train", "num_validation", "num_test", "seed")
 def get_builder(
     task_name: str,
     data_dir: str | os.PathLike[str] | None = None,
-    config: str | None = None,
+    config: str | TaskConfig | None = None,
     **knobs: Any,
 ) -> _TaskBuilder:
   """The array_record builder of `task_name` (not yet prepared).
@@ -271,6 +272,14 @@ def load_examples(
           f"no <split>.jsonl files in {directory}.\n"
           + builder.MANUAL_DOWNLOAD_INSTRUCTIONS
       )
+    # Prepared data is keyed on the source files' content: a grown or
+    # different file is prepared anew, never served stale.
+    digest = source_digest(directory)
+    base_config = builder.builder_config
+    builder = get_builder(task_name, data_dir, TaskConfig(
+        name=f"{base_config.name}_{digest}",
+        description=f"{base_config.description} (source sha256 {digest})",
+        knobs=base_config.knobs))
     download_config = tfds.download.DownloadConfig(manual_dir=str(directory))
   builder.download_and_prepare(download_config=download_config)
   if split not in builder.info.splits:
@@ -283,6 +292,17 @@ def load_examples(
   records.sort(key=lambda r: int(r["index"]))
   examples = [_to_example(r) for r in records]
   return base.subsample(examples, num, builder.builder_config.seed)
+
+
+def source_digest(directory: str | os.PathLike[str]) -> str:
+  """12 hex digits of sha256 over every split file's name and content."""
+  directory = pathlib.Path(directory)
+  h = hashlib.sha256()
+  for split in base.SPLITS:
+    for path in base.split_files(directory, split) if _has_split(
+        directory, split) else ():
+      h.update(f"{path.name}\0{identity.file_sha256(path)}\0".encode())
+  return h.hexdigest()[:12]
 
 
 def _custom_config(knobs: dict[str, Any]) -> TaskConfig:
