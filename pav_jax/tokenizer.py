@@ -93,7 +93,15 @@ class Tokenizer:
           f"no SentencePiece model at {path}: train one with"
           " tools/train_tokenizer.py"
       )
-    processor = spm.SentencePieceProcessor(model_file=str(path))
+    try:
+      processor = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+      raise ValueError(
+          f"SentencePiece model {path} is unreadable ({path.stat().st_size}"
+          f" bytes; truncated or not a model: {str(e).strip()[:200]}): delete"
+          " it to have the run retrain it, or point tokenizer.path at a good"
+          " model"
+      ) from e
     return cls(processor, score_piece)
 
   def encode(
@@ -196,6 +204,23 @@ def train_tokenizer(
     raise ValueError("train_tokenizer got no non-empty text to train on")
   model_prefix = pathlib.Path(model_prefix)
   model_prefix.parent.mkdir(parents=True, exist_ok=True)
+  # Train under a temporary prefix, then rename: a run killed mid-training
+  # never leaves a half-written `<prefix>.model` for the next run to read.
+  tmp_prefix = model_prefix.with_name(
+      f".{model_prefix.name}.tmp{os.getpid()}")
+  try:
+    _train_spm(lines, tmp_prefix, vocab_size)
+    for suffix in (".vocab", ".model"):  # .model last: it marks "done".
+      os.replace(tmp_prefix.with_name(tmp_prefix.name + suffix),
+                 model_prefix.with_name(model_prefix.name + suffix))
+  finally:
+    for suffix in (".vocab", ".model"):
+      tmp_prefix.with_name(tmp_prefix.name + suffix).unlink(missing_ok=True)
+  return Tokenizer.load(model_prefix.with_name(model_prefix.name + ".model"))
+
+
+def _train_spm(lines: list[str], model_prefix: pathlib.Path,
+               vocab_size: int) -> None:
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(lines),
       model_prefix=str(model_prefix),
@@ -218,4 +243,3 @@ def train_tokenizer(
       num_threads=2,
       minloglevel=2,
   )
-  return Tokenizer.load(model_prefix.with_name(model_prefix.name + ".model"))

@@ -24,6 +24,7 @@ needs_math = pytest.mark.skipif(
     MATH_DIR is None or not any(MATH_DIR.glob("test*.jsonl")),
     reason="no shared MATH-500 data (set $PAV_DATA_DIR to a dir with math500/)",
 )
+FIXTURE_DATA = pathlib.Path(__file__).parent / "fixtures" / "data"
 SYNTHETIC = ("arithmetic", "countdown")
 _OPS = {
     "+": operator.add,
@@ -251,6 +252,18 @@ def test_gsm8k_reference_solutions_all_grade_correct():
   assert task.examples("train", 10, seed=3) == task.examples("train", 10, 3)
 
 
+@pytest.mark.parametrize("split, num", [
+    ("train", 12), ("validation", 4), ("test", 4)])
+def test_gsm8k_fixture_splits_load_and_grade(split, num):
+  task = tasks.get_task("gsm8k", data_dir=FIXTURE_DATA / "gsm8k")
+  examples = task.examples(split)
+  assert len(examples) == num
+  for ex in examples:
+    assert "<<" not in ex.solution and "####" not in ex.solution
+    assert task.grade(ex, ex.solution) == 1.0, ex.uid
+    assert task.grade(ex, _replace_answer(ex.solution, _perturb(ex.answer))) == 0
+
+
 # -- MATH ----------------------------------------------------------------------
 
 
@@ -290,6 +303,15 @@ def test_math500_boxed_answers_verify_and_perturbations_fail():
   assert wrong >= 0.99 * len(rows), wrong
   assert all(task.prompt(ex).endswith("\n") for ex in examples)
   assert all(ex.solution.endswith(f"Answer: {ex.answer}") for ex in examples)
+
+
+def test_math_fixture_loads_and_grades():
+  task = tasks.get_task("math", data_dir=FIXTURE_DATA / "math500")
+  examples = task.examples("test")
+  assert len(examples) == 12
+  for ex in examples:
+    assert task.grade(ex, ex.solution) == 1.0, ex.uid
+    assert task.grade(ex, f"Answer: {_perturb(ex.answer)}") == 0.0, ex.uid
 
 
 # -- Files ---------------------------------------------------------------------

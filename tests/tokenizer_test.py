@@ -1,5 +1,7 @@
 """Tests for pav_jax.tokenizer: reserved ids, exact round trips, loading."""
 
+import pathlib
+
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -20,15 +22,23 @@ _EXTRA_TEXTS = (
 )
 
 
+# GSM8K/MATH samples shipped with the tests: the vocabulary below must not
+# depend on data outside the repository.
+FIXTURE_DATA = pathlib.Path(__file__).parent / "fixtures" / "data"
+_FILE_TASKS = {"gsm8k": ("gsm8k", "train"), "math": ("math500", "test")}
+
+
 def _task_texts() -> dict[str, list[str]]:
-  """prompt + solution texts of every task that has data here."""
+  """prompt + solution texts of every task (file tasks from the fixtures)."""
   texts = {}
   for name in tasks.TASKS:
-    task = tasks.get_task(name)
-    try:
-      examples = task.examples("train" if name != "math" else "test", num=50)
-    except FileNotFoundError:
-      continue
+    if name in _FILE_TASKS:
+      subdir, split = _FILE_TASKS[name]
+      task = tasks.get_task(name, data_dir=FIXTURE_DATA / subdir)
+      examples = task.examples(split)
+    else:
+      task = tasks.get_task(name)
+      examples = task.examples("train", num=50)
     texts[name] = [task.prompt(ex) + ex.solution for ex in examples]
   return texts
 
@@ -62,7 +72,7 @@ def test_reserved_ids(tok):
 
 
 def test_round_trip_on_every_task(tok, texts):
-  assert {"arithmetic", "countdown"} <= set(texts)
+  assert set(texts) == set(tasks.TASKS)
   for name, ts in texts.items():
     for text in ts:
       ids = tok.encode(text)
@@ -173,3 +183,33 @@ def test_load_model_without_newline_piece_uses_byte_piece(tmp_path):
   tok = tokenizer_lib.Tokenizer.load(path)
   assert tok.id_to_piece(tok.step_id) == "<0x0A>"
   assert tok.score_id == tok.unk_id  # No reserved piece: falls back, warns.
+
+
+def test_truncated_model_error_names_the_path(tmp_path):
+  tokenizer_lib.train_tokenizer(["a b c\n1 2 3"] * 20, tmp_path / "t", 300)
+  path = tmp_path / "t.model"
+  path.write_bytes(path.read_bytes()[:100])
+  with pytest.raises(ValueError, match=f"SentencePiece model {path} is "
+                     "unreadable.*delete it"):
+    tokenizer_lib.Tokenizer.load(path)
+
+
+def test_training_killed_midway_leaves_no_model(tmp_path, monkeypatch):
+  def crash(*args, model_prefix, **kwargs):
+    del args, kwargs
+    with open(f"{model_prefix}.model", "wb") as f:
+      f.write(b"\x0a\x05half")  # what an interrupted write leaves
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(spm.SentencePieceTrainer, "train", crash)
+  with pytest.raises(KeyboardInterrupt):
+    tokenizer_lib.train_tokenizer(["a b c"] * 20, tmp_path / "tok", 300)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_vocab_mismatch_names_both_sizes(tmp_path):
+  tok = tokenizer_lib.train_tokenizer(["a b c\n1 2 3"] * 20, tmp_path / "t",
+                                      300)
+  with pytest.raises(ValueError, match=f"tokenizer has {tok.vocab_size} "
+                     "pieces but the model's vocab_size is 200"):
+    tok.check_fits(200)
