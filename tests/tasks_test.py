@@ -261,7 +261,8 @@ def test_gsm8k_fixture_splits_load_and_grade(split, num):
   for ex in examples:
     assert "<<" not in ex.solution and "####" not in ex.solution
     assert task.grade(ex, ex.solution) == 1.0, ex.uid
-    assert task.grade(ex, _replace_answer(ex.solution, _perturb(ex.answer))) == 0
+    wrong = _replace_answer(ex.solution, _perturb(ex.answer))
+    assert task.grade(ex, wrong) == 0.0, ex.uid
 
 
 # -- MATH ----------------------------------------------------------------------
