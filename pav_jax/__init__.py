@@ -43,4 +43,40 @@ from pav_jax.verifier import Verifier
 from pav_jax.verifier import create as create_verifier
 from pav_jax.verifier import prefix_values
 
+__all__ = [
+    "auroc",
+    "binomial_ci",
+    "bok_q",
+    "bok_step_advantage",
+    "calibration",
+    "class_balance_weights",
+    "create_policy",
+    "create_verifier",
+    "effective_reward",
+    "effective_rewards",
+    "Example",
+    "first_pit",
+    "first_pit_selection",
+    "forward",
+    "get_task",
+    "masked_mean",
+    "ModelConfig",
+    "next_token_xent",
+    "pass_at_k",
+    "pav_rewards",
+    "positions_from_mask",
+    "prefix_advantages",
+    "prefix_values",
+    "PRESETS",
+    "prover_advantages",
+    "Sampler",
+    "SamplingConfig",
+    "sigmoid_bce",
+    "split",
+    "step_advantages",
+    "Task",
+    "token_logprobs",
+    "Verifier",
+]
+
 __version__ = "0.1.0"

@@ -38,7 +38,7 @@ def bok_step_advantage(q_after: jax.Array, q_before: jax.Array,
 def step_advantages(
     q_BH: jax.Array, v0_B: jax.Array, mask_BH: jax.Array
 ) -> jax.Array:
-  """A(s_h, a_h) = Q(s_h, a_h) - Q(s_{h-1}, a_{h-1}), with Q(s_0, a_0) := V(s_1).
+  """A(s_h, a_h) = Q(s_h, a_h) - Q(s_{h-1}, a_{h-1}); Q(s_0, a_0) := V(s_1).
 
   Step layout: column h - 1 holds step h.
 
@@ -86,7 +86,8 @@ def effective_reward(
 
 
 def effective_rewards(q_pi_NP: jax.Array, a_mu_NP: jax.Array,
-                      mask_NP: jax.Array, alpha: float | jax.Array) -> jax.Array:
+                      mask_NP: jax.Array,
+                      alpha: float | jax.Array) -> jax.Array:
   """Q^pi + alpha A^mu per prefix (zero on padding)."""
   return jnp.where(mask_NP, effective_reward(q_pi_NP, a_mu_NP, alpha), 0.0)
 
@@ -101,7 +102,7 @@ def pav_rewards(q_pi_NP: jax.Array, mask_NP: jax.Array, *, alpha: float,
   return effective_rewards(q_pi_NP, a_NP, mask_NP, alpha)
 
 
-# Label selection and weighting (over the same layout) ---------------------------
+# Label selection and weighting (over the same layout) -------------------------
 
 
 def class_balance_weights(q_NP: jax.Array, mask_NP: jax.Array,

@@ -151,7 +151,8 @@ def add_shard(directory: Path, manifest: dict, i: int, arrays: dict,
                         for k in budget}
   manifest["complete"] = len(shards) == num_chunks
   manifest["counts"] = {
-      "prompts": sum(s["prompts"][1] - s["prompts"][0] for s in shards.values()),
+      "prompts": sum(s["prompts"][1] - s["prompts"][0]
+                     for s in shards.values()),
       "rollouts": sum(s["rows"] for s in shards.values()),
       "prefixes": sum(s["prefixes"] for s in shards.values())}
   if is_writer():
@@ -176,8 +177,9 @@ def load_labelled(directory: str | Path, expect: dict | None = None) -> dict:
   if expect:
     check_identity(directory / "manifest.json", m["identity"], expect)
   if not m.get("complete"):
-    raise LabelledSetError(f"labelled set {directory} is incomplete "
-                           f"({len(m['shards'])} shards): rerun labelling to finish it")
+    raise LabelledSetError(
+        f"labelled set {directory} is incomplete ({len(m['shards'])} "
+        "shards): rerun labelling to finish it")
   parts = []
   for name in sorted(m["shards"]):
     path = directory / name
@@ -195,7 +197,8 @@ def load_labelled(directory: str | Path, expect: dict | None = None) -> dict:
   for k in parts[0]:
     xs = [p[k] for p in parts]
     if k == "tokens_NT":
-      xs = [np.pad(x, ((0, 0), (0, t - x.shape[1])), constant_values=pad) for x in xs]
+      xs = [np.pad(x, ((0, 0), (0, t - x.shape[1])), constant_values=pad)
+            for x in xs]
     out[k] = np.concatenate(xs, axis=0)
   out["manifest"] = m
   return out

@@ -18,10 +18,12 @@ def pass_at_k(n: np.ndarray, c: np.ndarray, k: int) -> np.ndarray:
   n = np.asarray(n, dtype=np.int64)
   c = np.asarray(c, dtype=np.int64)
   if np.any(k > n):
-    raise ValueError(f"pass@{k} needs at least {k} samples per problem; got {n.min()}")
+    raise ValueError(
+        f"pass@{k} needs at least {k} samples per problem; got {n.min()}")
   out = np.empty(np.broadcast(n, c).shape, dtype=np.float64)
   for idx in np.ndindex(out.shape):
-    ni, ci = int(np.broadcast_to(n, out.shape)[idx]), int(np.broadcast_to(c, out.shape)[idx])
+    ni = int(np.broadcast_to(n, out.shape)[idx])
+    ci = int(np.broadcast_to(c, out.shape)[idx])
     if ni - ci < k:
       out[idx] = 1.0
     else:
@@ -40,7 +42,7 @@ def binomial_ci(q: np.ndarray, n: int, z: float = 3.29) -> np.ndarray:
 
 
 def auroc(score: np.ndarray, label: np.ndarray) -> float:
-  """Area under the ROC curve (Mann-Whitney with tied ranks); nan if one class."""
+  """Area under the ROC curve (Mann-Whitney, tied ranks); nan if one class."""
   label = np.asarray(label) > 0.5
   n1, n0 = label.sum(), (~label).sum()
   if n1 == 0 or n0 == 0:
@@ -59,7 +61,7 @@ def auroc(score: np.ndarray, label: np.ndarray) -> float:
 
 
 def calibration(pred: np.ndarray, target: np.ndarray, bins: int = 10):
-  """(bin centres, mean pred, mean target, counts, ECE) of a reliability plot."""
+  """(bin centres, mean pred, mean target, counts, ECE): reliability plot."""
   edges = np.linspace(0, 1, bins + 1)
   b = np.clip(np.digitize(pred, edges) - 1, 0, bins - 1)
   cnt = np.bincount(b, minlength=bins)
@@ -80,7 +82,7 @@ def best_threshold_error(score_val, y_val, score_test, y_test) -> float:
   return float(np.mean((score_test >= thr) != (y_test > 0.5)))
 
 
-# Best-of-n, majority vote, pass@n over K samples per problem -------------------
+# Best-of-n, majority vote, pass@n over K samples per problem ------------------
 
 
 def groups(k: int, n: int) -> int:

@@ -167,10 +167,12 @@ def get_tokenizer(config, workdir: Path, task) -> tok_lib.Tokenizer:
   path = workdir / "tokenizer.model"
   if path.exists():
     return tok_lib.Tokenizer.load(path)
-  exs = task.examples("train", min(config.task.num_train, 5000), seed=config.seed)
+  exs = task.examples("train", min(config.task.num_train, 5000),
+                      seed=config.seed)
   texts = [task.prompt(e) + e.solution for e in exs]
   workdir.mkdir(parents=True, exist_ok=True)
-  return tok_lib.train_tokenizer(texts, workdir / "tokenizer", config.tokenizer.vocab_size)
+  return tok_lib.train_tokenizer(texts, workdir / "tokenizer",
+                                 config.tokenizer.vocab_size)
 
 
 def pav_settings(config) -> Pav:

@@ -38,3 +38,32 @@ from pav_jax.search.report import compute_to_match
 from pav_jax.search.report import interp_log
 from pav_jax.search.report import summarise
 from pav_jax.search.verifier_cache import CachedVerifier
+
+__all__ = [
+    "aggregate_steps",
+    "AGGREGATIONS",
+    "BEAM_MODES",
+    "beam_scores",
+    "beam_search",
+    "BeamConfig",
+    "BeamResult",
+    "BeamState",
+    "best_of_n",
+    "bon_compute",
+    "CachedVerifier",
+    "compare",
+    "Compute",
+    "compute_to_match",
+    "draw_samples",
+    "interp_log",
+    "majority_pick",
+    "majority_vote",
+    "pass_at_n",
+    "pav_min_scores",
+    "Samples",
+    "score_samples",
+    "SearchSettings",
+    "select_top",
+    "settings_from_config",
+    "summarise",
+]

@@ -1,7 +1,7 @@
 """Search summaries, tables and plots (of one comparison and of the sweeps).
 
-matplotlib is imported inside the plotting functions, not at the top: it
-costs ~1 s, and the pipeline imports every stage at start-up.
+matplotlib is imported on first plot (`_pyplot`), not at the top: it costs
+~1 s, and the pipeline imports every stage at start-up.
 """
 
 from __future__ import annotations
@@ -93,6 +93,25 @@ PLOT_METHODS = ("pass@N", "majority", "orm_bon", "prm_last_bon", "prm_q_beam",
                 "pav_beam")
 
 
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(plt, fig, ax, path: Path, xlabel: str, ylabel: str,
+          title: str) -> None:
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def plot_accuracy(curves: dict[str, dict], ns, path_n: Path, path_c: Path,
                   title: str = "", ylabel: str = "accuracy") -> None:
   """Accuracy vs N and vs FLOPs per problem (PNG), one line per method.
@@ -100,9 +119,7 @@ def plot_accuracy(curves: dict[str, dict], ns, path_n: Path, path_c: Path,
   curves: method -> {"acc": [...], "flops": [...], optional "std": [...]}
   (drawn as a band); methods are taken in PLOT_METHODS order.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   for path, xkey in ((path_n, "N"), (path_c, "flops")):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name in PLOT_METHODS:
@@ -117,15 +134,9 @@ def plot_accuracy(curves: dict[str, dict], ns, path_n: Path, path_c: Path,
         sd = np.asarray(d["std"], float)
         ax.fill_between(x, m - sd, m + sd, alpha=0.15)
     ax.set_xscale("log", base=2 if xkey == "N" else 10)
-    ax.set_xlabel("N (samples / beam size)" if xkey == "N"
-                  else "FLOPs per problem (policy + verifier)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, path,
+          "N (samples / beam size)" if xkey == "N"
+          else "FLOPs per problem (policy + verifier)", ylabel, title)
 
 
 def plot(results: dict, path_n: Path, path_c: Path, title: str = "") -> None:
@@ -189,7 +200,7 @@ def write_outputs(results: dict, out_dir: Path, rel_to: Path,
           "ns": results["ns"], "report_md": report_md(results, summary, rel)}
 
 
-# The sweeps' record (search/sweeps.py) -----------------------------------------
+# The sweeps' record (search/sweeps.py) ----------------------------------------
 
 
 def plot_main(agg: dict, ns: list[int], out: Path, title: str) -> list[str]:
@@ -205,23 +216,14 @@ def plot_main(agg: dict, ns: list[int], out: Path, title: str) -> list[str]:
 def plot_lines(xs, curves: dict[str, tuple[list, list]], xlabel: str,
                path: Path, title: str, logx: bool = True) -> None:
   """Mean ± std lines (error bars) over a swept knob."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for name, (m, s) in curves.items():
     m, s = np.array(m), np.array(s)
     ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=name)
   if logx:
     ax.set_xscale("log", base=2)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel("accuracy (mean ± std over seeds)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(plt, fig, ax, path, xlabel, "accuracy (mean ± std over seeds)", title)
 
 
 def tables_md(res: dict) -> str:
