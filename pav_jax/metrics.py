@@ -1,7 +1,7 @@
 """Host-side (numpy) evaluation metrics: pass@k, AUROC, calibration, votes.
 
-Evaluation, not training: none of these runs under `jax.jit`. Shapes: P =
-problems, K = samples per problem (`correct_PK`, `scores_PK`).
+Evaluation, not training: none of these runs under `jax.jit`. Shapes: E =
+problems, K = samples per problem (`correct_EK`, `scores_EK`).
 """
 
 import collections
@@ -92,17 +92,17 @@ def groups(k: int, n: int) -> int:
   return k // n
 
 
-def best_of_n(scores_PK: np.ndarray, correct_PK: np.ndarray, n: int) -> float:
+def best_of_n(scores_EK: np.ndarray, correct_EK: np.ndarray, n: int) -> float:
   """Accuracy of best-of-n, averaged over the K // n disjoint groups.
 
   Ties go to the earlier sample.
   """
-  p, k = correct_PK.shape
+  p, k = correct_EK.shape
   g = groups(k, n)
-  s_PGN = np.asarray(scores_PK)[:, : g * n].reshape(p, g, n)
-  c_PGN = np.asarray(correct_PK)[:, : g * n].reshape(p, g, n)
-  pick_PG = np.argmax(s_PGN, axis=2)
-  return float(np.take_along_axis(c_PGN, pick_PG[..., None], 2).mean())
+  s_EGN = np.asarray(scores_EK)[:, : g * n].reshape(p, g, n)
+  c_EGN = np.asarray(correct_EK)[:, : g * n].reshape(p, g, n)
+  pick_EG = np.argmax(s_EGN, axis=2)
+  return float(np.take_along_axis(c_EGN, pick_EG[..., None], 2).mean())
 
 
 def majority_pick(answers: Sequence[str | None]) -> int | None:
@@ -120,22 +120,22 @@ def majority_pick(answers: Sequence[str | None]) -> int | None:
   return None  # unreachable
 
 
-def majority_vote(answers_PK: Sequence[Sequence[str | None]],
-                  correct_PK: np.ndarray, n: int) -> float:
+def majority_vote(answers_EK: Sequence[Sequence[str | None]],
+                  correct_EK: np.ndarray, n: int) -> float:
   """Accuracy of majority voting over n samples, averaged over groups."""
-  correct_PK = np.asarray(correct_PK)
-  p, k = correct_PK.shape
+  correct_EK = np.asarray(correct_EK)
+  p, k = correct_EK.shape
   g = groups(k, n)
   total = 0.0
   for i in range(p):
     for j in range(g):
-      pick = majority_pick(answers_PK[i][j * n:(j + 1) * n])
-      total += 0.0 if pick is None else float(correct_PK[i, j * n + pick])
+      pick = majority_pick(answers_EK[i][j * n:(j + 1) * n])
+      total += 0.0 if pick is None else float(correct_EK[i, j * n + pick])
   return total / (p * g)
 
 
-def pass_at_n(correct_PK: np.ndarray, n: int) -> float:
+def pass_at_n(correct_EK: np.ndarray, n: int) -> float:
   """Unbiased Pass@n (oracle grader) from K >= n samples per problem."""
-  correct_PK = np.asarray(correct_PK)
-  p, k = correct_PK.shape
-  return float(pass_at_k(np.full(p, k), correct_PK.sum(1), n).mean())
+  correct_EK = np.asarray(correct_EK)
+  p, k = correct_EK.shape
+  return float(pass_at_k(np.full(p, k), correct_EK.sum(1), n).mean())

@@ -18,11 +18,11 @@ from pav_jax import sampler as sampler_lib
 
 @dataclasses.dataclass
 class Rollouts:
-  """Responses (token lists, EOS excluded) for each prompt: [P][k]."""
+  """Responses (token lists, EOS excluded) for each prompt: [E][K]."""
 
   responses: list[list[list[int]]]
-  finished: np.ndarray  # bool [P, k]: ended with EOS (not truncated)
-  logprob_sums: np.ndarray  # float [P, k]
+  finished: np.ndarray  # bool [E, K]: ended with EOS (not truncated)
+  logprob_sums: np.ndarray  # float [E, K]
   prefilled_tokens: int  # prompt tokens prefilled (once per prompt)
   generated_tokens: int
 
@@ -74,7 +74,7 @@ def sample(
 @dataclasses.dataclass
 class PolicyEval:
   metrics: dict[str, float]
-  correct: np.ndarray  # [P, k]
+  correct: np.ndarray  # [E, K]
   texts: list[list[str]]
 
 

@@ -10,12 +10,14 @@ under `sft/params`, labelled sets under `label/`, verifiers under
 Shape letters (one glossary for the pipeline; arrays carry them as suffixes):
   B  rows of a batch (prompts x samples, beams; "batch" in a jitted step)
   T  token positions of a row;  D  model width;  V  vocabulary
-  N  stored trajectories (rows of a labelled set)
+  S  KV-cache slots;  W  new tokens read per call;  L  response tokens
+  N  stored trajectories (rows of a labelled set);  A  a subset of rows
   P  step-boundary prefixes s_1 .. s_{H+1} of a trajectory (index 0 = s_1)
   H  steps of a trajectory (step layout, column h - 1 = step h)
+  E  problems (examples) of an evaluation or search
   K  samples per problem (best-of-N pools, pass@k);  G  groups of n among K
   M  candidates of a beam-search expansion (beams x expansions)
-  R  beam rows (problems x beam size);  W  new tokens read per call
+  R  beam rows (problems x beam size)
 The prover's K is `prover_k` (Best-of-K(pi)), never a shape.
 
 Random streams: every stage draws from a named stream of the run seed

@@ -151,7 +151,7 @@ def test_bon_compute_hand_counts():
   smp = search.Samples(
       responses=[[[]] * 4], finished=np.ones((1, 4), bool),
       correct=np.zeros((1, 4)), answers=[[None] * 4],
-      generated_P_K=np.array([[3, 5, 7, 9]]), prompt_len_P=np.array([10]))
+      generated_EK=np.array([[3, 5, 7, 9]]), prompt_len_E=np.array([10]))
   c = search.bon_compute(smp, 2, verifiers=1)
   # groups (3+5), (7+9): mean 12 generated; verifier reads 2 prompts + 12.
   assert (c.prefilled_tokens, c.generated_tokens, c.verifier_tokens) == (

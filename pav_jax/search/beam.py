@@ -13,8 +13,8 @@ policy's, so each new step is scored by reading only its own tokens. The
 beam is initialised with B copies of the question, so the first expansion
 samples B*C first steps.
 
-Shapes: P problems of a chunk, R = P*B beam rows, M = R*C candidates,
-L response tokens, H prefixes (max_steps + 1).
+Shapes: E problems of a chunk, R = E*B beam rows, M = R*C candidates,
+L response tokens, P prefixes (max_steps + 1).
 """
 
 from __future__ import annotations
@@ -54,25 +54,25 @@ def beam_scores(q_new_M: jax.Array, q_parent_M: jax.Array, *, mode: str,
   return advantages.effective_reward(q_new_M, adv_M, alpha)
 
 
-def select_top(score_PM: jax.Array, ok_PM: jax.Array, num_keep_P: jax.Array,
+def select_top(score_EM: jax.Array, ok_EM: jax.Array, num_keep_E: jax.Array,
                width: int) -> tuple[jax.Array, jax.Array]:
   """Top-`width` candidates per problem among the valid ones.
 
   Args:
-    score_PM: candidate scores, M candidates per problem.
-    ok_PM: which candidates may be kept.
-    num_keep_P: how many slots each problem still has (<= width).
+    score_EM: candidate scores, M candidates per problem.
+    ok_EM: which candidates may be kept.
+    num_keep_E: how many slots each problem still has (<= width).
     width: static number of returned slots (the beam size B).
 
   Returns:
-    (idx_PB, keep_PB): candidate index per slot, best first, and whether the
+    (idx_EB, keep_EB): candidate index per slot, best first, and whether the
     slot holds a kept candidate (False past num_keep or out of candidates).
   """
-  masked_PM = jnp.where(ok_PM, score_PM, -jnp.inf)
-  top_PB, idx_PB = jax.lax.top_k(masked_PM, width)
-  rank_PB = jnp.arange(width)[None, :]
-  keep_PB = jnp.isfinite(top_PB) & (rank_PB < num_keep_P[:, None])
-  return idx_PB, keep_PB
+  masked_EM = jnp.where(ok_EM, score_EM, -jnp.inf)
+  top_EB, idx_EB = jax.lax.top_k(masked_EM, width)
+  rank_EB = jnp.arange(width)[None, :]
+  keep_EB = jnp.isfinite(top_EB) & (rank_EB < num_keep_E[:, None])
+  return idx_EB, keep_EB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ class BeamResult:
   """Per problem: the chosen response, its prefix values and the pool."""
 
   responses: list[list[int]]  # EOS excluded
-  finished: np.ndarray  # bool [P]: the chosen trace ended with EOS
+  finished: np.ndarray  # bool [E]: the chosen trace ended with EOS
   values: list[list[float]]  # Q^pi of the chosen trace's prefixes, V(s_1) first
   pools: list[list[list[int]]]  # all finished traces (EOS excluded)
   compute: Compute  # totals over the problems
@@ -113,25 +113,25 @@ class BeamState:
   alive_R: np.ndarray  # bool: still extending
   resp_RL: np.ndarray  # response tokens so far
   rlen_R: np.ndarray  # response length
-  vals_RH: np.ndarray  # Q^pi of each prefix, V(s_1) first
+  vals_RP: np.ndarray  # Q^pi of each prefix, V(s_1) first
   nstep_R: np.ndarray  # steps taken
   vpos_R: np.ndarray  # next position in the verifier's cache
   pools: list[list[tuple[float, list[int], list[float]]]]
-  n_done_P: np.ndarray  # finished traces per problem
+  n_done_E: np.ndarray  # finished traces per problem
 
   @classmethod
-  def init(cls, v0_P: np.ndarray, plen_P: np.ndarray, b: int, max_steps: int,
+  def init(cls, v0_E: np.ndarray, plen_E: np.ndarray, b: int, max_steps: int,
            max_resp: int) -> BeamState:
-    p = len(plen_P)
+    p = len(plen_E)
     r = p * b
-    q_R = np.repeat(np.asarray(v0_P), b)
-    vals_RH = np.zeros((r, max_steps + 1), np.float32)
-    vals_RH[:, 0] = q_R
+    q_R = np.repeat(np.asarray(v0_E), b)
+    vals_RP = np.zeros((r, max_steps + 1), np.float32)
+    vals_RP[:, 0] = q_R
     return cls(q_R=q_R, alive_R=np.ones(r, bool),
                resp_RL=np.zeros((r, max_resp), np.int32),
-               rlen_R=np.zeros(r, np.int32), vals_RH=vals_RH,
-               nstep_R=np.zeros(r, np.int32), vpos_R=np.repeat(plen_P, b),
-               pools=[[] for _ in range(p)], n_done_P=np.zeros(p, np.int32))
+               rlen_R=np.zeros(r, np.int32), vals_RP=vals_RP,
+               nstep_R=np.zeros(r, np.int32), vpos_R=np.repeat(plen_E, b),
+               pools=[[] for _ in range(p)], n_done_E=np.zeros(p, np.int32))
 
   def advance(self, h: int, b: int, par_R, keep_R, eos_R, step_len_R,
               steps_MN, q_new_M, cand_R) -> None:
@@ -142,15 +142,15 @@ class BeamState:
       n = step_len_R[i]
       new_resp[i, new_len[i]:new_len[i] + n] = steps_MN[cand_R[i], :n]
     new_len = new_len + np.where(keep_R, step_len_R, 0)
-    new_vals = self.vals_RH[par_R]
+    new_vals = self.vals_RP[par_R]
     new_vals[:, h + 1] = q_new_M[cand_R]
     for i in np.flatnonzero(keep_R & eos_R):
       pi = i // b
       trace = new_resp[i, : new_len[i] - 1].tolist()
       self.pools[pi].append((float(q_new_M[cand_R[i]]), trace,
                              new_vals[i, : h + 2].tolist()))
-      self.n_done_P[pi] += 1
-    self.resp_RL, self.rlen_R, self.vals_RH = new_resp, new_len, new_vals
+      self.n_done_E[pi] += 1
+    self.resp_RL, self.rlen_R, self.vals_RP = new_resp, new_len, new_vals
     self.nstep_R = self.nstep_R[par_R] + keep_R
     self.q_R = q_new_M[cand_R]
     self.alive_R = keep_R & ~eos_R
@@ -170,7 +170,7 @@ class BeamState:
     else:  # every beam died (an over-long step): the longest partial trace
       i = rows[np.argmax(self.rlen_R[rows])]
     return (self.resp_RL[i, : self.rlen_R[i]].tolist(),
-            self.vals_RH[i, : 1 + self.nstep_R[i]].tolist(), False)
+            self.vals_RP[i, : 1 + self.nstep_R[i]].tolist(), False)
 
 
 def beam_search(sampler: sampler_lib.Sampler, policy_params,
@@ -209,21 +209,21 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
   p = len(prompts)
   r, m = p * b, p * b * c
   n_w = cfg.max_step_tokens
-  plen_P = np.array([len(x) for x in prompts], np.int32)
-  real_P = np.arange(p) < real
-  compute = Compute(prefilled_tokens=float(plen_P[real_P].sum()))
+  plen_E = np.array([len(x) for x in prompts], np.int32)
+  real_E = np.arange(p) < real
+  compute = Compute(prefilled_tokens=float(plen_E[real_E].sum()))
 
   # Prefill the policy and the verifier on the question (one row each).
   pstate = sampler.prefill(policy_params, prompts, rng)
-  toks_PT, _ = sampler.pad_prompts(prompts)
-  vsize = toks_PT.shape[1] + cfg.max_steps * n_w
+  toks_ET, _ = sampler.pad_prompts(prompts)
+  vsize = toks_ET.shape[1] + cfg.max_steps * n_w
   vcache = verifier.init_cache(p, vsize)
-  v0_P, vcache = verifier.extend(toks_PT, plen_P, np.zeros(p, np.int32), vcache)
-  compute.verifier_tokens += float(plen_P[real_P].sum())
+  v0_E, vcache = verifier.extend(toks_ET, plen_E, np.zeros(p, np.int32), vcache)
+  compute.verifier_tokens += float(plen_E[real_E].sum())
   # B copies of the question per problem: row = problem * B + slot.
   pstate = sampler_lib.fork(pstate, b)
   vcache = verifier_cache.fork_rows(vcache, b)
-  st = BeamState.init(v0_P, plen_P, b, cfg.max_steps, cfg.max_steps * n_w)
+  st = BeamState.init(v0_E, plen_E, b, cfg.max_steps, cfg.max_steps * n_w)
   problem_M = np.arange(m) // (b * c)
   parent_M = np.arange(m) // c
 
@@ -244,17 +244,17 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
     q_new_M = np.asarray(jax.device_get(q_new_M))
     ok_M = (st.alive_R[parent_M] & (len_M > 0)
             & ((stop_M == sampler_lib.STEP_END) | (stop_M == sampler_lib.EOS)))
-    live_real_M = st.alive_R[parent_M] & real_P[problem_M]
+    live_real_M = st.alive_R[parent_M] & real_E[problem_M]
     compute.generated_tokens += float(len_M[live_real_M].sum())
     compute.verifier_tokens += float(len_M[live_real_M].sum())
     score_M = beam_scores(jnp.asarray(q_new_M), jnp.asarray(st.q_R[parent_M]),
                           mode=cfg.mode, alpha=cfg.alpha,
                           prover_k=cfg.prover_k)
-    idx_PB, keep_PB = jax.device_get(select_top(
+    idx_EB, keep_EB = jax.device_get(select_top(
         score_M.reshape(p, b * c), jnp.asarray(ok_M.reshape(p, b * c)),
-        jnp.asarray(b - st.n_done_P), b))
-    cand_R = (idx_PB + (np.arange(p) * b * c)[:, None]).reshape(r)
-    keep_R = keep_PB.reshape(r)
+        jnp.asarray(b - st.n_done_E), b))
+    cand_R = (idx_EB + (np.arange(p) * b * c)[:, None]).reshape(r)
+    keep_R = keep_EB.reshape(r)
     eos_R = stop_M[cand_R] == sampler_lib.EOS
     st.advance(h, b, parent_M[cand_R], keep_R, eos_R, len_M[cand_R], tok_MN,
                q_new_M, cand_R)

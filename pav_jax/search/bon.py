@@ -6,7 +6,8 @@ the PRM-Q/PAV model's Q^pi at the last prefix, i.e. uses it as an ORM), or
 the PAV effective reward Q^pi + alpha A^mu aggregated by `min`. Majority vote
 and Pass@N (oracle) are in `metrics`.
 
-Shapes: P problems, K samples per problem, H prefixes of a sample.
+Shapes: E problems, K samples per problem, P prefixes of a sample; B rows
+(E * K flattened).
 """
 
 from __future__ import annotations
@@ -62,12 +63,12 @@ def pav_min_scores(v_BP: jax.Array, mask_BP: jax.Array, alpha: float,
 class Samples:
   """K i.i.d. samples per problem with grades and per-sample token counts."""
 
-  responses: list[list[list[int]]]  # [P][K], EOS excluded
-  finished: np.ndarray  # bool [P, K]
-  correct: np.ndarray  # float [P, K]
-  answers: list[list[str | None]]  # [P][K]
-  generated_P_K: np.ndarray  # tokens sampled per sample (EOS included)
-  prompt_len_P: np.ndarray
+  responses: list[list[list[int]]]  # [E][K], EOS excluded
+  finished: np.ndarray  # bool [E, K]
+  correct: np.ndarray  # float [E, K]
+  answers: list[list[str | None]]  # [E][K]
+  generated_EK: np.ndarray  # tokens sampled per sample (EOS included)
+  prompt_len_E: np.ndarray
 
 
 def draw_samples(sampler: sampler_lib.Sampler, policy_params, task, tok,
@@ -120,7 +121,7 @@ def _prefix_values_fn(graphdef, step_id: int, eos_id: int, num_prefixes: int):
 def score_samples(graphdef, params, samples: Samples, prompts, *, pad_id: int,
                   step_id: int, eos_id: int, num_prefixes: int = 32,
                   batch_rows: int = 512) -> tuple[np.ndarray, np.ndarray]:
-  """Prefix values of every sample in one pass each: (v [P,K,H], mask)."""
+  """Prefix values of every sample in one pass each: (v [E,K,P], mask)."""
   p = len(prompts)
   k = samples.correct.shape[1]
   flat_prompts = [prompts[i] for i in range(p) for _ in range(k)]
@@ -153,9 +154,9 @@ def bon_compute(samples: Samples, n: int, verifiers: int) -> Compute:
   """
   p, k = samples.correct.shape
   g = metrics.groups(k, n)
-  gen_PG = samples.generated_P_K[:, : g * n].reshape(p, g, n).sum(2)
-  gen = float(gen_PG.mean())
-  plen = float(samples.prompt_len_P.mean())
+  gen_EG = samples.generated_EK[:, : g * n].reshape(p, g, n).sum(2)
+  gen = float(gen_EG.mean())
+  plen = float(samples.prompt_len_E.mean())
   return Compute(prefilled_tokens=plen, generated_tokens=gen,
                  verifier_tokens=verifiers * (n * plen + gen))
 
