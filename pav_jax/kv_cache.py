@@ -54,7 +54,7 @@ def shardings(tree: Any, mesh) -> Any:
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def _is_tracer(tree) -> bool:
+def is_traced(tree) -> bool:
   return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
@@ -68,7 +68,7 @@ def constrain(tree: Any, mesh=None) -> Any:
   if mesh is None:
     return tree
   sh = shardings(tree, mesh)
-  if _is_tracer(tree):
+  if is_traced(tree):
     return jax.lax.with_sharding_constraint(tree, sh)
   return jax.tree.map(
       lambda x, s: x if getattr(x, "sharding", None) == s
@@ -139,7 +139,7 @@ def mesh_of(tree: Any, mesh=None):
 
 def _run(kind, tree, arg, mesh):
   fn = _fork if kind == "fork" else _take
-  if _is_tracer(tree):
+  if is_traced(tree):
     return constrain(fn(tree, arg), mesh)
   mesh = mesh_of(tree, mesh)
   if mesh is None:

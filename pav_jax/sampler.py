@@ -22,8 +22,7 @@ with those shardings and constrain every output to them, as do `fork` and
 `select_rows`, so each device decodes only its rows. A batch that the batch
 axes do not divide is not padded: its rows are replicated (correct, every
 device decodes every row). Callers that want the split pad their rows to a
-multiple of `Sampler.row_multiple()` (labelling and search already pad rows
-to fixed chunk sizes).
+multiple of `Sampler.row_multiple()`.
 """
 
 import dataclasses
@@ -197,7 +196,7 @@ def fork(state: SamplerState, n: int, key_B: jax.Array | None = None,
     key_B = jax.vmap(jax.random.fold_in)(forked.key_B, j_B)
   else:
     key_B = jnp.copy(key_B)  # decode donates the state: keep the caller's keys
-  if not kv_cache._is_tracer(key_B):
+  if not kv_cache.is_traced(key_B):
     mesh = kv_cache.mesh_of(forked, mesh)
   key_B = kv_cache.constrain(key_B, mesh)
   return forked.replace(key_B=key_B)
