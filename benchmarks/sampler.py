@@ -135,7 +135,8 @@ def ab_compare(rev: str, batches, repeats: int, cfg, params, rng, key):
     for name, s in samplers.items():  # warm-up
       outs[name] = jax.block_until_ready(
           s.generate(params, prompts, key, NEW_TOKENS).tokens_BN)
-    same = float(np.mean(np.asarray(outs["baseline"]) == np.asarray(outs["new"])))
+    same = float(np.mean(np.asarray(outs["baseline"])
+                         == np.asarray(outs["new"])))
     for _ in range(repeats):
       for name, s in samplers.items():
         t0, c0 = time.perf_counter(), time.process_time()
@@ -185,7 +186,8 @@ def main() -> None:
         f"devices: {jax.devices()}")
   print(f"host:   {platform.processor() or platform.machine()}, "
         f"{len(jax.devices())} device(s)")
-  print(f"model:  {args.model}, {cfg.num_params():,} params, vocab {cfg.vocab_size}")
+  print(f"model:  {args.model}, {cfg.num_params():,} params, "
+        f"vocab {cfg.vocab_size}")
   print("note:   shared machine, timings are noisy. Compile excluded; "
         f"KV-cache and fork: best of {args.repeats} after a warm-up; no-cache:"
         f" best of {args.naive_repeats}, compiled ahead of time\n")

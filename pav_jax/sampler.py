@@ -105,7 +105,8 @@ def _prefill(graphdef, cfg, params, tokens_BT, length_B, key_B, cache_size,
   col_BT = jnp.arange(t, dtype=jnp.int32)[None, :]
   valid_BT = col_BT < (length_B - 1)[:, None]
   pos_BT = jnp.broadcast_to(col_BT, (b, t))
-  _, cache = transformer.forward(graphdef, params, tokens_BT, pos_BT, valid_BT, cache)
+  _, cache = transformer.forward(graphdef, params, tokens_BT, pos_BT,
+                                 valid_BT, cache)
   last_B = jnp.take_along_axis(tokens_BT, (length_B - 1)[:, None], axis=1)[:, 0]
   return kv_cache.constrain(SamplerState(
       cache=cache,
@@ -174,7 +175,8 @@ def _decode(
   return kv_cache.constrain(DecodeOutput(
       tokens_BN=tokens_BN,
       logprobs_BN=logprobs_BN,
-      step_end_BN=(tokens_BN == step_id) & (jnp.arange(n)[None, :] < length_B[:, None]),
+      step_end_BN=((tokens_BN == step_id)
+                   & (jnp.arange(n)[None, :] < length_B[:, None])),
       length_B=length_B,
       stop_B=stop_B,
       state=state,
@@ -324,7 +326,7 @@ class Sampler:
   def pad_prompts(self, prompts: Sequence[Sequence[int]],
                   cache_size: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads token lists to one bucket length; returns (tokens, lengths)."""
+    """Right-pads token lists to one bucket length: (tokens, lengths)."""
     cache_size = cache_size or self.cache_size
     if not prompts:
       raise ValueError("no prompts given")

@@ -67,7 +67,8 @@ def logical_axes(model: nnx.Module) -> dict:
     node = out
     for k in path[:-1]:
       node = node.setdefault(k, {})
-    node[path[-1]] = tuple(getattr(var, "axes", None) or (None,) * var.get_value().ndim)
+    node[path[-1]] = tuple(getattr(var, "axes", None)
+                           or (None,) * var.get_value().ndim)
   return out
 
 
@@ -136,7 +137,8 @@ def rows_spec(shape: Sequence[int], mesh, kv_heads_dim: int | None = None) -> P:
     parts[0] = axes if len(axes) > 1 else axes[0]
   if kv_heads_dim is not None:
     t = RULES["kv_heads"]
-    if t and mesh.shape.get(t, 1) > 1 and shape[kv_heads_dim] % mesh.shape[t] == 0:
+    if (t and mesh.shape.get(t, 1) > 1
+        and shape[kv_heads_dim] % mesh.shape[t] == 0):
       parts[kv_heads_dim] = t
   return P(*parts)
 
