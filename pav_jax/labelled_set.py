@@ -14,6 +14,9 @@ prompt_len_N, response_len_N, num_prefixes_N, outcome_N, finished_N,
 prompt_index_N, q_NP, succ_NP, count_NP, mask_NP (+ q_mu_NP, succ_mu_NP);
 layout as in `advantages` (q_NP[:, 0] = V(s_1)).
 
+A set whose budget records rollouts cut by a full KV cache
+(`budget.cache_full` > 0, Q̂ biased) is refused by `load_labelled`.
+
 Multi-host: every process computes the shards; only process 0 writes
 (`is_writer`), and `sync` makes the others wait for it.
 """
@@ -180,6 +183,12 @@ def load_labelled(directory: str | Path, expect: dict | None = None) -> dict:
     raise LabelledSetError(
         f"labelled set {directory} is incomplete ({len(m['shards'])} "
         "shards): rerun labelling to finish it")
+  cache_full = int(m.get("budget", {}).get("cache_full", 0))
+  if cache_full:
+    raise LabelledSetError(
+        f"labelled set {directory} has {cache_full} rollouts cut by a full KV "
+        "cache (budget.cache_full): its Q̂ is biased. Raise "
+        "`label.cache_size` and relabel into a fresh directory.")
   parts = []
   for name in sorted(m["shards"]):
     path = directory / name

@@ -19,6 +19,11 @@ baseline of the forking benchmark, and the reference of the equality test.
 Value layout, shared with `verifier.prefix_values`: `q_NP[:, 0]` = V(s_1),
 `q_NP[:, h]` = Q(s_h, a_h) = V(s_{h+1}); `mask_NP` marks real prefixes.
 
+The fork-and-grade core (continuations of prefixes, grading, keys, the
+`Budget`) lives in `mc_values.py`, shared with the search's test-time MC
+scorer. A rollout cut by a full KV cache before the response budget makes
+Q̂ biased: `label_dataset` refuses such a chunk (raise `c.label.cache_size`).
+
 `label_dataset` writes a labelled set (shards + manifest, resumable): the
 format, its identity and `load_labelled` live in `labelled_set.py`; the math
 of advantages and rewards over the labels in `advantages.py`.
@@ -36,14 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from pav_jax import labelled_set
+from pav_jax import mc_values
 from pav_jax import run_lib
 from pav_jax import sampler as sampler_lib
 from pav_jax import transformer
 
 log = logging.getLogger(__name__)
 
-# grade(prompt_index, response_tokens_without_eos) -> 0.0 / 1.0
-GradeFn = Callable[[int, list[int]], float]
+GradeFn = mc_values.GradeFn
 
 
 # -----------------------------------------------------------------------------
@@ -108,23 +113,7 @@ class LabelConfig:
     return self.max_steps + 1
 
 
-@dataclasses.dataclass
-class Budget:
-  """Compute spent: tokens sampled, prompt/prefix tokens prefilled, rollouts."""
-
-  sampled_tokens: int = 0
-  prefilled_tokens: int = 0
-  seed_rollouts: int = 0
-  mc_rollouts: int = 0
-  cache_full: int = 0
-  seconds: float = 0.0
-
-  def add(self, other: "Budget") -> None:
-    for f in dataclasses.fields(self):
-      setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+Budget = mc_values.Budget
 
 
 @dataclasses.dataclass
@@ -133,87 +122,6 @@ class Prover:
 
   sampler: Any
   params: Any
-
-
-def _mc_keys(key: jax.Array, h: int, rows_A: np.ndarray, n_mc: int) -> jax.Array:
-  """Continuation keys of (prefix index h, chunk row r, draw i), [A * n_mc]."""
-  k_h = jax.random.fold_in(key, h)
-  k_A = jax.vmap(lambda r: jax.random.fold_in(k_h, r))(jnp.asarray(rows_A))
-  return jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(
-      jnp.arange(n_mc)))(k_A).reshape((-1,) + k_A.shape[1:])
-
-
-def _bucket_rows(n: int, total: int, buckets: int) -> int:
-  unit = max(-(-total // buckets), 1)
-  return min(-(-n // unit) * unit, max(total, n))
-
-
-def _grade_continuations(out_tokens, out_len, prefixes_resp, prompt_ids,
-                         n_mc, grade, cfg, eos_id) -> np.ndarray:
-  """Successes per prefix: grades prefix response + continuation (host)."""
-  succ = np.zeros(len(prefixes_resp), np.int32)
-  for a, resp in enumerate(prefixes_resp):
-    for i in range(n_mc):
-      r = a * n_mc + i
-      cont = out_tokens[r, : out_len[r]].tolist()
-      if cont and cont[-1] == eos_id:
-        cont = cont[:-1]
-      full = (resp + cont)[: cfg.max_new_tokens]
-      succ[a] += int(grade(int(prompt_ids[a]), full) > 0)
-  return succ
-
-
-def _continue(sampler, params, state, rows_A, resp_A, prompt_A, keys,
-              grade, cfg, total_rows, budget) -> np.ndarray:
-  """MC successes of the prefixes held by `state` rows `rows_A` (fork mode)."""
-  g = _bucket_rows(len(rows_A), total_rows, cfg.row_buckets)
-  idx = np.concatenate([rows_A, np.full(g - len(rows_A), rows_A[0])]).astype(np.int32)
-  sub = sampler_lib.select_rows(state, jnp.asarray(idx))
-  pad_B = np.arange(g) >= len(rows_A)
-  sub = sub.replace(finished_B=sub.finished_B | jnp.asarray(pad_B))
-  pad_keys = jnp.concatenate(
-      [keys, jnp.repeat(keys[:1], (g - len(rows_A)) * cfg.n_mc, axis=0)], axis=0)
-  forked = sampler_lib.fork(sub, cfg.n_mc, key_B=pad_keys)
-  out = sampler.decode(params, forked, cfg.max_new_tokens)
-  toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
-  n_real = len(rows_A) * cfg.n_mc
-  budget.sampled_tokens += int(lens[:n_real].sum())
-  budget.mc_rollouts += n_real
-  budget.cache_full += int((stops[:n_real] == sampler_lib.CACHE_FULL).sum())
-  return _grade_continuations(toks, lens, resp_A, prompt_A, cfg.n_mc, grade,
-                              cfg, sampler.eos_id)
-
-
-def _continue_prefilled(sampler, params, prefixes_A, resp_A, prompt_A, keys,
-                        grade, cfg, total_rows, budget, *,
-                        repeat: bool) -> np.ndarray:
-  """MC successes by prefilling each prefix once (repeat=False, then fork)
-  or n_mc times (repeat=True: the no-fork baseline).
-
-  Rows are padded like `_continue` (finished pad rows) so shapes stay static.
-  """
-  n_mc, a = cfg.n_mc, len(prefixes_A)
-  g = _bucket_rows(a, total_rows, cfg.row_buckets)
-  padded = list(prefixes_A) + [prefixes_A[0]] * (g - a)
-  keys = jnp.concatenate([keys, jnp.repeat(keys[:1], (g - a) * n_mc, axis=0)], axis=0)
-  pad_B = jnp.asarray(np.repeat(np.arange(g) >= a, n_mc))
-  if repeat:
-    rows = [p for p in padded for _ in range(n_mc)]
-    state = sampler.prefill(params, rows, None, key_B=keys)
-    budget.prefilled_tokens += sampler_lib.prefilled_tokens(rows[: a * n_mc])
-  else:
-    state = sampler.prefill(params, padded, None, key_B=keys[::n_mc])
-    state = sampler_lib.fork(state, n_mc, key_B=keys)
-    budget.prefilled_tokens += sampler_lib.prefilled_tokens(prefixes_A)
-  state = state.replace(finished_B=state.finished_B | pad_B)
-  out = sampler.decode(params, state, cfg.max_new_tokens)
-  toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
-  n_real = a * n_mc
-  budget.sampled_tokens += int(lens[:n_real].sum())
-  budget.mc_rollouts += n_real
-  budget.cache_full += int((stops[:n_real] == sampler_lib.CACHE_FULL).sum())
-  return _grade_continuations(toks, lens, resp_A, prompt_A, n_mc, grade, cfg,
-                              sampler.eos_id)
 
 
 def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
@@ -275,18 +183,20 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
       resp_A = [resp[r] for r in rows_A]
       prefixes = [prompts[prompt_of_row[r]] + resp[r] for r in rows_A]
       prompt_A = prompt_of_row[rows_A] + prompt_offset
-    keys = _mc_keys(k_mc, h, rows_A, n_mc)
+    keys = mc_values.mc_keys(k_mc, h, rows_A, n_mc)
     if cfg.mode == "fork":
-      succ = _continue(sampler, params, state, rows_A, resp_A, prompt_A, keys,
-                       grade, cfg, r_total, budget)
+      succ = mc_values.continue_forked(sampler, params, state, rows_A, resp_A,
+                                       prompt_A, keys, grade, cfg, r_total,
+                                       budget)
     else:
-      succ = _continue_prefilled(sampler, params, prefixes, resp_A, prompt_A,
-                                 keys, grade, cfg, r_total, budget, repeat=True)
+      succ = mc_values.continue_prefilled(
+          sampler, params, prefixes, resp_A, prompt_A, keys, grade, cfg,
+          r_total, budget, repeat=True)
     succ_mu = None
     if prover is not None:
-      succ_mu = _continue_prefilled(
+      succ_mu = mc_values.continue_prefilled(
           prover.sampler, prover.params, prefixes, resp_A, prompt_A,
-          _mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, r_total, budget,
+          mc_values.mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, r_total, budget,
           repeat=False)
     return succ, succ_mu
 
@@ -314,7 +224,9 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
     over = np.array([len(x) >= cfg.max_new_tokens for x in resp])
     ended_eos = running & (stops == sampler_lib.EOS)
     stepped = running & (stops == sampler_lib.STEP_END) & ~over
-    budget.cache_full += int((running & (stops == sampler_lib.CACHE_FULL)).sum())
+    # A seed cut by the cache before the response budget is biased.
+    budget.cache_full += int((running & (stops == sampler_lib.CACHE_FULL)
+                              & ~over).sum())
     # An EOS-closed step is a prefix whose value is the outcome (exact).
     for r in np.flatnonzero(ended_eos):
       if len(resp[r]) <= cfg.max_new_tokens:
@@ -388,12 +300,15 @@ def label_dataset(directory: str | Path, sampler, params,
                   prompts: Sequence[Sequence[int]], grade: GradeFn,
                   key: jax.Array, cfg: LabelConfig, identity: dict,
                   prover: Prover | None = None, config: dict | None = None,
-                  max_chunks: int | None = None) -> dict:
+                  max_chunks: int | None = None,
+                  cache_key: str = "label.cache_size") -> dict:
   """Labels all prompts chunk by chunk into `directory`; resumes; returns manifest.
 
   `identity` (JSON-able: tokenizer sha256, step/eos ids, policy checkpoint,
   prover ...) must match an existing manifest. `max_chunks` stops after that
-  many *new* chunks (simulates an interruption in tests). Every process
+  many *new* chunks (simulates an interruption in tests). A chunk whose
+  rollouts were cut by a full KV cache (`Budget.cache_full` > 0: Q̂ biased)
+  raises `mc_values.CacheFullError` naming `cache_key`. Every process
   labels; process 0 alone writes shards and the manifest.
   """
   directory = Path(directory)
@@ -415,6 +330,9 @@ def label_dataset(directory: str | Path, sampler, params,
     lo = i * chunk
     arrays, b = label_chunk(sampler, params, prompts[lo:lo + chunk], grade,
                             jax.random.fold_in(key, i), cfg, prover, lo)
+    # Checked before the shard is written: a biased shard is never kept.
+    mc_values.check_cache_full(b.cache_full, f"labelling chunk {i} of "
+                               f"{directory}", cache_key)
     manifest = labelled_set.add_shard(
         directory, manifest, i, arrays,
         (lo, lo + len(prompts[lo:lo + chunk])), b.to_dict(), num_chunks)
@@ -455,8 +373,9 @@ def run_label(run: run_lib.Run) -> dict:
       prover_checkpoint=lc.prover_checkpoint, task=config.task.name,
       seed=run.seed)
   summary, md = {}, ["| split | prompts | rollouts | prefixes | sampled tok | "
-                     "prefilled tok | MC rollouts | mean Q̂(s_1) | outcome | s |",
-                     "|---|---|---|---|---|---|---|---|---|---|"]
+                     "prefilled tok | MC rollouts | cache full | "
+                     "mean Q̂(s_1) | outcome | s |",
+                     "|---|---|---|---|---|---|---|---|---|---|---|"]
   for split, task_split, num, stream in (
       ("train", "train", lc.num_prompts, "label_train"),
       ("eval", "test", lc.num_eval_prompts, "label_eval")):
@@ -472,11 +391,13 @@ def run_label(run: run_lib.Run) -> dict:
     summary[split] = {"counts": m["counts"], "budget": b,
                       "mean_v1": float(data["q_NP"][:, 0].mean()),
                       "outcome": float(data["outcome_N"].mean()),
+                    "cache_full": int(b.get("cache_full", 0)),
                       "seconds": time.time() - t0}
     print(f"label/{split}: {m['counts']} budget {b}")
     md.append(f"| {split} | {m['counts']['prompts']} | {m['counts']['rollouts']} | "
               f"{m['counts']['prefixes']} | {b['sampled_tokens']} | "
               f"{b['prefilled_tokens']} | {b['mc_rollouts']} | "
+              f"{summary[split]['cache_full']} | "
               f"{summary[split]['mean_v1']:.3f} | {summary[split]['outcome']:.3f} | "
               f"{summary[split]['seconds']:.0f} |")
   summary["report_md"] = (

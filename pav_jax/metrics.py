@@ -134,6 +134,45 @@ def majority_vote(answers_EK: Sequence[Sequence[str | None]],
   return total / (p * g)
 
 
+def weighted_majority_pick(answers: Sequence[str | None],
+                           scores: Sequence[float]) -> int | None:
+  """Index of a sample of the answer with the largest summed score.
+
+  Each distinct answer gets the sum of its samples' verifier scores (None:
+  no answer, never picked; None if no sample has an answer). Ties go to the
+  answer that appears first; the returned sample is that answer's first.
+  """
+  totals: dict[str, float] = {}
+  first: dict[str, int] = {}
+  for i, (a, s) in enumerate(zip(answers, scores)):
+    if a is None:
+      continue
+    totals[a] = totals.get(a, 0.0) + float(s)
+    first.setdefault(a, i)
+  if not totals:
+    return None
+  best = max(totals.values())
+  return min(first[a] for a, t in totals.items() if t == best)
+
+
+def weighted_majority_vote(answers_EK: Sequence[Sequence[str | None]],
+                           scores_EK: np.ndarray, correct_EK: np.ndarray,
+                           n: int) -> float:
+  """Accuracy of score-weighted majority voting over n samples (groups as
+  in `majority_vote`)."""
+  correct_EK = np.asarray(correct_EK)
+  scores_EK = np.asarray(scores_EK, np.float64)
+  p, k = correct_EK.shape
+  g = groups(k, n)
+  total = 0.0
+  for i in range(p):
+    for j in range(g):
+      sl = slice(j * n, (j + 1) * n)
+      pick = weighted_majority_pick(answers_EK[i][sl], scores_EK[i, sl])
+      total += 0.0 if pick is None else float(correct_EK[i, j * n + pick])
+  return total / (p * g)
+
+
 def pass_at_n(correct_EK: np.ndarray, n: int) -> float:
   """Unbiased Pass@n (oracle grader) from K >= n samples per problem."""
   correct_EK = np.asarray(correct_EK)
