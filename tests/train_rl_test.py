@@ -3,6 +3,7 @@ equivalence at alpha = 0, input checks, MC control and one end-to-end
 iteration on the arithmetic task."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -66,18 +67,52 @@ def _rollout(cfg, mesh, graphdef, params, fork=True, seed=0):
   return fn(params, PROMPTS, PLEN, jax.random.split(jax.random.key(seed), 4))
 
 
-def _batch_and_targets(cfg, mesh, graphdef, params, outcome):
-  out = _rollout(cfg, mesh, graphdef, params)
+_ONE = {"data": 1, "fsdp": 1, "tensor": 1}
+_OUTCOME = np.array([1, 0, 0, 1, 1, 1, 0, 0], np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _scored_rollout():
+  """One rollout (1-device mesh) and the PAV's values of all its prefixes."""
+  graphdef, params = _policy()
+  mesh = _mesh(_ONE, 1)
+  out = jax.device_get(_rollout(RL, mesh, graphdef, params))
   vgd, vparams = _pav(CFG)
   score = train_rl.make_score_fn(
-      vgd, train_rl.param_shardings(lambda: verifier.create(CFG), mesh), cfg,
+      vgd, train_rl.param_shardings(lambda: verifier.create(CFG), mesh), RL,
       mesh, step_id=STEP, eos_id=EOS)
-  tg = score(vparams, out["tokens_BT"], out["valid_BT"], out["prompt_len_B"],
-             out["response_mask_BT"], jnp.asarray(outcome))
+  tg = jax.device_get(score(
+      vparams, out["tokens_BT"], out["valid_BT"], out["prompt_len_B"],
+      out["response_mask_BT"], jnp.asarray(_OUTCOME)))
+  # The same values in verifier.prefix_values' layout, for other configs.
+  v_BP = np.concatenate([tg["v0_B"][:, None], tg["q_pi_BH"]], 1)
+  m_BP = np.concatenate([np.ones((len(v_BP), 1), bool), tg["q_mask_BH"]], 1)
+  return out, tg, v_BP, m_BP
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_batch(alpha):
+  """(update batch, step targets) of the shared rollout at this alpha."""
+  out, tg, v_BP, m_BP = _scored_rollout()
+  if alpha != RL.alpha:
+    tg = jax.device_get(train_rl.step_targets(
+        v_BP, m_BP, out["tokens_BT"], out["response_mask_BT"],
+        jnp.asarray(_OUTCOME), step_id=STEP, eos_id=EOS,
+        cfg=dataclasses.replace(RL, alpha=alpha)))
   batch = {"tokens_BT": out["tokens_BT"], "valid_BT": out["valid_BT"],
            "response_mask_BT": out["response_mask_BT"],
            "returns_BH": tg["returns_BH"]}
-  return jax.device_get(batch), jax.device_get(tg)
+  return batch, tg
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_update(shape_items):
+  """Three RL updates of the shared batch on a mesh (cached per shape)."""
+  shape = dict(shape_items)
+  _, params = _policy()
+  n = 1 if shape == _ONE else None
+  return _update(RL, _mesh(shape, n), params, _shared_batch(RL.alpha)[0],
+                 steps=3)
 
 
 def _update(cfg, mesh, params, batch, steps=1):
@@ -113,22 +148,18 @@ def test_rollout_rows_split_over_data_axes_and_fork_equals_reprefill():
   assert np.asarray(out["response_mask_BT"]).sum() == rlen.sum() > 0
   naive = _rollout(RL, mesh, graphdef, params, fork=False)
   np.testing.assert_array_equal(np.asarray(naive["tokens_BT"]), tok)
-  single = _rollout(RL, _mesh({"data": 1, "fsdp": 1, "tensor": 1}, 1),
-                    graphdef, params)
-  np.testing.assert_array_equal(np.asarray(single["tokens_BT"]), tok)
+  single = _shared_batch(RL.alpha)[0]  # the same rollout on one device
+  np.testing.assert_array_equal(single["tokens_BT"], tok)
 
 
 @pytest.mark.parametrize("shape", [{"data": 8, "fsdp": 1, "tensor": 1},
                                    {"data": 2, "fsdp": 2, "tensor": 2}])
 def test_sharded_update_equals_single_device(shape):
-  graphdef, params = _policy()
-  outcome = np.array([1, 0, 0, 1, 1, 1, 0, 0], np.float32)
-  one = _mesh({"data": 1, "fsdp": 1, "tensor": 1}, 1)
-  batch, _ = _batch_and_targets(RL, one, graphdef, params, outcome)
-  s1, m1 = _update(RL, one, params, batch, steps=2)
-  mesh = _mesh(shape)
-  s8, m8 = _update(RL, mesh, params, batch, steps=2)
-  for i in range(2):  # step 2 reads the params step 1 wrote
+  _, params = _policy()
+  batch = _shared_batch(RL.alpha)[0]
+  s1, m1 = _shared_update(tuple(_ONE.items()))
+  s8, m8 = _shared_update(tuple(shape.items()))
+  for i in range(3):  # steps 2 and 3 read the params the step before wrote
     for k in ("loss", "pg_loss", "kl", "value_loss", "grad_norm_policy",
               "grad_norm_value"):
       np.testing.assert_allclose(m8[i][k], m1[i][k], rtol=1e-4, atol=1e-7)
@@ -146,6 +177,7 @@ def test_sharded_update_equals_single_device(shape):
   assert np.abs(diff).mean() < 0.01 * np.abs(upd).mean()
   assert np.abs(diff).max() < 0.2 * RL.policy_lr
   # The batch really is split over the data axes, params over fsdp/tensor.
+  mesh = _mesh(shape)
   placed = jax.device_put(batch, sharding.batch_sharding(mesh))
   n_rows = shape["data"] * shape["fsdp"]
   assert {s.data.shape[0] for s in placed["tokens_BT"].addressable_shards} == {
@@ -156,26 +188,24 @@ def test_sharded_update_equals_single_device(shape):
 
 
 def test_kl_zero_at_init_positive_after_update_and_params_change():
-  graphdef, params = _policy()
-  outcome = np.array([1, 0, 0, 1, 1, 1, 0, 0], np.float32)
-  mesh = _mesh({"data": 8, "fsdp": 1, "tensor": 1})
-  batch, _ = _batch_and_targets(RL, mesh, graphdef, params, outcome)
-  state, ms = _update(RL, mesh, params, batch, steps=2)
+  _, params = _policy()
+  state, ms = _shared_update(tuple({"data": 8, "fsdp": 1, "tensor": 1}.items()))
   assert ms[0]["kl"] == 0.0  # metrics are read before the update
-  assert ms[1]["kl"] > 0.0
+  assert ms[1]["kl"] > 0.0 and ms[2]["kl"] > ms[1]["kl"]
   assert ms[0]["grad_norm_policy"] > 0 and ms[0]["grad_norm_value"] > 0
   assert ms[0]["mean_value"] == 0.0  # value model starts with a zero head
+  assert ms[1]["value_loss"] < ms[0]["value_loss"]  # the baseline learns
   assert not np.allclose(np.asarray(state["params"]["policy"]["embed_VD"]),
                          np.asarray(params["embed_VD"]))
 
 
 def test_alpha_zero_is_exactly_orm_rl():
   graphdef, params = _policy()
-  outcome = np.array([1, 0, 0, 1, 1, 1, 0, 0], np.float32)
-  mesh = _mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  outcome = _OUTCOME
+  mesh = _mesh(_ONE, 1)
   pav0 = dataclasses.replace(RL, alpha=0.0)
   orm = dataclasses.replace(RL, alpha=0.0, scorer="none")
-  batch, tg = _batch_and_targets(pav0, mesh, graphdef, params, outcome)
+  batch, tg = _shared_batch(0.0)
   assert np.abs(tg["dense_BH"]).sum() > 0  # the PAV did score the steps
   # ORM-RL targets: no verifier at all.
   tfn = train_rl.make_targets_fn(orm, mesh, step_id=STEP, eos_id=EOS)
@@ -199,7 +229,7 @@ def test_alpha_zero_is_exactly_orm_rl():
   assert float(l_pav) == float(l_orm)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), g_pav, g_orm)
   # alpha > 0 (same rollouts, same PAV) changes the weights and the loss.
-  _, tg2 = _batch_and_targets(RL, mesh, graphdef, params, outcome)
+  _, tg2 = _shared_batch(RL.alpha)
   assert not np.allclose(tg2["returns_BH"], tg["returns_BH"])
   l_pos, _ = lg(RL, dict(batch, returns_BH=tg2["returns_BH"]))
   assert float(l_pos) != float(l_pav)
@@ -260,8 +290,23 @@ def test_end_to_end_iteration_pav_and_mc_control(arith):
   assert not np.allclose(np.asarray(state["params"]["policy"]["embed_VD"]), before)
   # Verifier-free control: Q̂ from MC continuations of every prefix.
   mc = dataclasses.replace(rl, scorer="mc", mc_samples=2)
-  ctx_mc, st = train_rl.make_context(
-      cfg=mc, sampler=mk(mc.seq_len), policy_params=params, task=task, tok=tok,
-      mesh=mesh, mc_sampler=mk(64 + mc.max_new_tokens))
-  st, m2 = train_rl.iteration(ctx_mc, st, exs)
-  assert m2["score_sampled_tokens"] > 0 and np.isfinite(m2["loss"])
+  ro = train_rl.rollout(ctx.rollout_fn, state["params"]["policy"], task, tok,
+                        exs, jax.random.key(5), rl)
+  v_BP, m_BP, sampled = train_rl.mc_prefix_values(
+      mk(64 + mc.max_new_tokens), params, task, tok, exs, ro, n=2,
+      rng=jax.random.key(6), cfg=mc)
+  assert sampled > 0 and m_BP[:, 0].all()
+  assert np.all((v_BP >= 0) & (v_BP <= 1))
+  assert np.all(np.isin(v_BP[m_BP], [0.0, 0.5, 1.0]))  # n = 2 continuations
+  tok_BT, plen, rlen = (np.asarray(x) for x in jax.device_get(
+      (ro.tokens_BT, ro.prompt_len_B, ro.response_len_B)))
+  for r in range(len(tok_BT)):  # an EOS-closed prefix is graded exactly
+    resp = tok_BT[r, plen[r]:plen[r] + rlen[r]]
+    n_bounds = 1 + int(np.isin(resp, [tok.step_id, tok.eos_id]).sum())
+    assert m_BP[r].sum() == min(n_bounds, mc.max_steps + 1)
+    if ro.finished_B[r] and n_bounds <= mc.max_steps + 1:
+      assert v_BP[r, n_bounds - 1] == ro.outcome_B[r]
+  tg = train_rl.step_targets(v_BP, m_BP, ro.tokens_BT, ro.response_mask_BT,
+                             jnp.asarray(ro.outcome_B), step_id=tok.step_id,
+                             eos_id=tok.eos_id, cfg=mc)
+  assert np.all(np.isfinite(np.asarray(tg["returns_BH"])))
