@@ -82,27 +82,36 @@ def create(cfg: config_lib.ModelConfig, batch: int, size: int, dtype=None,
   With a mesh (given, or entered with `jax.set_mesh`) each device allocates
   only its shard; under jit the result is constrained to the same layout.
   """
-  dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
-
-  def make():
-    return {
-        "pos": jnp.full((batch, size), -1, jnp.int32),
-        "index": jnp.zeros((), jnp.int32),
-        "layers": {
-            f"layer_{i}": {"k": jnp.zeros(shape, dtype),
-                           "v": jnp.zeros(shape, dtype)}
-            for i in range(cfg.num_layers)
-        },
-    }
-
+  key = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, int(batch),
+         int(size), jnp.dtype(dtype or cfg.dtype).name)
   mesh = sharding_lib.current_mesh(mesh)
   if mesh is None:
-    return make()
-  out_sh = shardings(jax.eval_shape(make), mesh)
+    return _make(*key)
   # Under an outer jit this inlines; either way no device holds more than
   # its shard.
-  return jax.jit(make, out_shardings=out_sh)()
+  return _sharded_maker(*key, mesh)()
+
+
+def _make(num_layers, num_kv_heads, head_dim, batch, size, dtype) -> Cache:
+  shape = (batch, size, num_kv_heads, head_dim)
+  return {
+      "pos": jnp.full((batch, size), -1, jnp.int32),
+      "index": jnp.zeros((), jnp.int32),
+      "layers": {
+          f"layer_{i}": {"k": jnp.zeros(shape, dtype),
+                         "v": jnp.zeros(shape, dtype)}
+          for i in range(num_layers)
+      },
+  }
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_maker(num_layers, num_kv_heads, head_dim, batch, size, dtype,
+                   mesh):
+  """One compiled allocator per cache shape and mesh."""
+  make = functools.partial(_make, num_layers, num_kv_heads, head_dim, batch,
+                           size, dtype)
+  return jax.jit(make, out_shardings=shardings(jax.eval_shape(make), mesh))
 
 
 def _fork(tree, n: int = 1):
