@@ -84,7 +84,10 @@ def load_init_params(path: str, model_cfg: config_lib.ModelConfig):
       raise ValueError(
           f"init_checkpoint {path} holds {hf_cfg}, which differs from the "
           f"configured model {model_cfg}: set config.model to match it")
-    return hf_gemma.load_params(path, model_cfg, "float32")
+    # Straight to the mesh, shard by shard: no device holds a whole tensor.
+    return hf_gemma.load_params(
+        path, model_cfg, "float32",
+        shardings=hf_gemma.mesh_shardings(model_cfg))
   _, abstract = transformer.abstract_params(model_cfg)
   return ckpt_lib.load_params(path, abstract)
 
