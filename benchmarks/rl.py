@@ -126,8 +126,9 @@ def main():
   for b in batches[1:]:
     state, m = train_rl.iteration(ctx, state, b)
     runs.append(m)
-  best = {k: min(r[k] for r in runs) for k in ("rollout_s", "score_s", "update_s")}
-  best["total_s"] = min(r["rollout_s"] + r["score_s"] + r["update_s"] for r in runs)
+  phases = ("rollout_s", "score_s", "update_s")
+  best = {k: min(r[k] for r in runs) for k in phases}
+  best["total_s"] = min(sum(r[k] for k in phases) for r in runs)
   rows_b = rl.batch_rows
   tokens = np.mean([r["sampled_tokens"] for r in runs])
 
@@ -177,7 +178,8 @@ def main():
     t_mc, (_, mmc, mc_tok) = timed(mc, 1)
 
   dev = jax.devices()
-  print(f"# benchmarks/rl.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+  now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+  print(f"# benchmarks/rl.py  {now}")
   print(f"jax {jax.__version__}, {len(dev)} x {dev[0].platform} "
         f"({platform.machine()}), mesh {dict(mesh.shape)}")
   print(f"tiny preset ({cfg_m.num_params() / 1e6:.2f}M params), arithmetic, "

@@ -18,7 +18,7 @@ telescopes back to the outcome and erases the dense signal). Each step's
 weight is given to that step's tokens only. alpha = 0 is exactly ORM-RL.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -134,7 +134,8 @@ Estimator = Callable[[jax.Array, jax.Array, jax.Array, int], jax.Array]
 
 def _row_score(returns_BT, mask_BT):
   m_BT = mask_BT.astype(jnp.float32)
-  return jnp.sum(returns_BT * m_BT, axis=1) / jnp.maximum(jnp.sum(m_BT, axis=1), 1.0)
+  n_B = jnp.maximum(jnp.sum(m_BT, axis=1), 1.0)
+  return jnp.sum(returns_BT * m_BT, axis=1) / n_B
 
 
 def _groups(x_B, group_size):

@@ -31,7 +31,8 @@ The stage wrapper (config section, checkpoints, report) builds a
 import dataclasses
 import functools
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -129,7 +130,7 @@ def check_config(cfg: RLConfig) -> None:
     raise ValueError("rl.kl_coef and rl.value_coef must be >= 0")
 
 
-# State and shardings ------------------------------------------------------------
+# State and shardings ----------------------------------------------------------
 
 
 def make_optimizer(cfg: RLConfig) -> dict[str, optax.GradientTransformation]:
@@ -199,11 +200,12 @@ def init_state(policy_params: dict, model_cfg: config_lib.ModelConfig,
   state = jax.jit(init, in_shardings=(pol_sh,), out_shardings=shardings)(
       policy_params)
   ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
-                       in_shardings=(pol_sh,), out_shardings=pol_sh)(policy_params)
+                       in_shardings=(pol_sh,),
+                       out_shardings=pol_sh)(policy_params)
   return state, shardings, ref_params
 
 
-# Rollouts ------------------------------------------------------------------------
+# Rollouts ---------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -271,7 +273,8 @@ def _rollout_core(graphdef, model_cfg, params, prompt_PW, plen_P, key_P, *,
   seq_BT = seq_BT.at[:, :w].set(
       jnp.where(col_BT < plen_B[:, None], seq_BT[:, :w], pad_id))
   ncol_BN = jnp.arange(n)[None, :]
-  dest_BN = jnp.where(ncol_BN < len_B[:, None], plen_B[:, None] + ncol_BN, w + n)
+  dest_BN = jnp.where(ncol_BN < len_B[:, None], plen_B[:, None] + ncol_BN,
+                      w + n)
   rows_BN = jnp.broadcast_to(jnp.arange(b)[:, None], (b, n))
   seq_BT = seq_BT.at[rows_BN, dest_BN].set(resp_BN, mode="drop")
   tcol_BT = jnp.arange(w + n)[None, :]
@@ -309,7 +312,8 @@ def make_rollout_fn(sampler: sampler_lib.Sampler, cfg: RLConfig, mesh,
                  out_shardings=out_sh)
 
 
-def encode_prompts(tok, task, examples, width: int) -> tuple[np.ndarray, np.ndarray]:
+def encode_prompts(tok, task, examples,
+                   width: int) -> tuple[np.ndarray, np.ndarray]:
   """BOS + task.prompt(ex) token ids, right-padded to `width`."""
   ids = [tok.encode(task.prompt(ex), bos=True) for ex in examples]
   too_long = [len(i) for i in ids if len(i) > width]
@@ -343,14 +347,15 @@ def rollout(rollout_fn, params, task, tok, examples: Sequence[Any],
     outcome.append(float(task.grade(examples[ex_B[b]], text)))
   return RolloutBatch(
       tokens_BT=out["tokens_BT"], valid_BT=out["valid_BT"],
-      response_mask_BT=out["response_mask_BT"], prompt_len_B=out["prompt_len_B"],
+      response_mask_BT=out["response_mask_BT"],
+      prompt_len_B=out["prompt_len_B"],
       response_len_B=np.asarray(len_B), finished_B=np.asarray(fin_B),
       outcome_B=np.asarray(outcome, np.float32), texts=texts,
       example_index_B=ex_B, sampled_tokens=int(np.sum(len_B)),
       prefilled_tokens=int(np.sum(plen_P)))
 
 
-# Scoring -------------------------------------------------------------------------
+# Scoring ----------------------------------------------------------------------
 
 
 def _score_core(graphdef, vparams, tokens_BT, valid_BT, prompt_len_B,
@@ -460,7 +465,7 @@ def make_targets_fn(cfg: RLConfig, mesh, *, step_id: int, eos_id: int):
                  in_shardings=(rows,) * 5, out_shardings=rows)
 
 
-# Loss and update -------------------------------------------------------------------
+# Loss and update --------------------------------------------------------------
 
 
 def rl_loss(policy_graphdef, value_graphdef, params, ref_params, batch, *,
@@ -500,7 +505,8 @@ def rl_loss(policy_graphdef, value_graphdef, params, ref_params, batch, *,
       "pg_loss": pg_loss, "kl": kl, "value_loss": v_loss,
       "mean_return": mm(ret_BT, mask_BT),
       "mean_adv": mm(adv_BT, mask_BT),
-      "adv_std": jnp.sqrt(mm(jnp.square(adv_BT - mm(adv_BT, mask_BT)), mask_BT)),
+      "adv_std": jnp.sqrt(
+          mm(jnp.square(adv_BT - mm(adv_BT, mask_BT)), mask_BT)),
       "mean_value": mm(v_BT, mask_BT),
       "entropy_proxy": -mm(logp_BT, mask_BT),
       "trained_tokens": jnp.sum(mask_BT.astype(jnp.float32)),
@@ -548,7 +554,7 @@ def update_batch(ro: RolloutBatch, targets: dict) -> dict:
           "returns_BH": targets["returns_BH"]}
 
 
-# One iteration ---------------------------------------------------------------------
+# One iteration ----------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -582,7 +588,8 @@ def make_context(*, cfg: RLConfig, sampler: sampler_lib.Sampler, policy_params,
   `prover_params` (pi_base, default the initial policy).
   """
   check_config(cfg)
-  if cfg.scorer == "pav" and (verifier_graphdef is None or verifier_params is None):
+  if cfg.scorer == "pav" and (verifier_graphdef is None
+                              or verifier_params is None):
     raise ValueError("rl.scorer 'pav' needs a trained prm_q verifier "
                      "(verifier_graphdef / verifier_params): run the "
                      "verifiers stage first")
@@ -649,7 +656,8 @@ def iteration(ctx: RLContext, state: dict, examples: Sequence[Any]):
                              jnp.asarray(ro.outcome_B))
   targets = jax.block_until_ready(targets)
   t2 = time.perf_counter()
-  state, metrics = ctx.update_fn(state, ctx.ref_params, update_batch(ro, targets))
+  state, metrics = ctx.update_fn(state, ctx.ref_params,
+                                 update_batch(ro, targets))
   metrics = jax.device_get(metrics)
   t3 = time.perf_counter()
   smask = np.asarray(targets["step_mask_BH"])
@@ -668,7 +676,7 @@ def iteration(ctx: RLContext, state: dict, examples: Sequence[Any]):
   return state, out
 
 
-# RFT init ------------------------------------------------------------------------
+# RFT init ---------------------------------------------------------------------
 
 
 def rft_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]],
@@ -686,7 +694,8 @@ def rft_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]],
   pairs = set()
   for p, rs, cs in zip(prompts, responses, correct):
     if len(rs) != len(cs):
-      raise ValueError(f"prompt {p!r}: {len(rs)} responses but {len(cs)} grades")
+      raise ValueError(
+          f"prompt {p!r}: {len(rs)} responses but {len(cs)} grades")
     pairs.update((p, r) for r, c in zip(rs, cs) if c)
   if not pairs:
     raise ValueError("RFT found no correct seed rollout: train SFT longer or "

@@ -64,7 +64,8 @@ def test_step_rewards_to_tokens_gives_each_step_only_its_own_weight():
   np.testing.assert_array_equal(got, want)
   # An extra mask (e.g. the loss mask) zeroes more tokens.
   m = jnp.ones_like(step, bool).at[:, 3].set(False)
-  np.testing.assert_array_equal(np.asarray(pg.step_rewards_to_tokens(w, step, m)),
+  np.testing.assert_array_equal(
+      np.asarray(pg.step_rewards_to_tokens(w, step, m)),
                                 np.where(np.arange(10) == 3, 0, want))
 
 
@@ -155,7 +156,8 @@ def test_estimator_registry_and_group_baselines():
   np.testing.assert_allclose(rloo[:, 0], want, atol=1e-6)
   np.testing.assert_array_equal(rloo[:, 3], 0)
   gm = np.asarray(pg.get_estimator("group_mean")(ret, mask, vals, 3))
-  np.testing.assert_allclose(gm[:, 1], out - np.repeat([1 / 3, 2 / 3], 3), atol=1e-6)
+  np.testing.assert_allclose(gm[:, 1], out - np.repeat([1 / 3, 2 / 3], 3),
+                             atol=1e-6)
   val = np.asarray(pg.get_estimator("value")(ret, mask, vals, 3))
   np.testing.assert_allclose(val[:, 2], out - 0.25)
   none = np.asarray(pg.get_estimator("none")(ret, mask, vals, 3))

@@ -27,8 +27,10 @@ RL = train_rl.RLConfig(
     alpha=2.0, prover_k=2.0, prompts_per_iter=4, samples_per_prompt=2,
     max_prompt_len=8, max_new_tokens=12, max_steps=6, policy_lr=1e-2,
     value_lr=1e-2, warmup_steps=1, total_steps=10)
-PROMPTS = np.array([[BOS, 5, 6, STEP, 0, 0, 0, 0], [BOS, 7, STEP, 0, 0, 0, 0, 0],
-                    [BOS, 8, 9, 10, 11, STEP, 0, 0], [BOS, 12, STEP, 0, 0, 0, 0, 0]],
+PROMPTS = np.array([[BOS, 5, 6, STEP, 0, 0, 0, 0],
+                    [BOS, 7, STEP, 0, 0, 0, 0, 0],
+                    [BOS, 8, 9, 10, 11, STEP, 0, 0],
+                    [BOS, 12, STEP, 0, 0, 0, 0, 0]],
                    np.int32)
 PLEN = np.array([4, 3, 6, 3], np.int32)
 
@@ -71,7 +73,7 @@ _ONE = {"data": 1, "fsdp": 1, "tensor": 1}
 _OUTCOME = np.array([1, 0, 0, 1, 1, 1, 0, 0], np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scored_rollout():
   """One rollout (1-device mesh) and the PAV's values of all its prefixes."""
   graphdef, params = _policy()
@@ -90,7 +92,7 @@ def _scored_rollout():
   return out, tg, v_BP, m_BP
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_batch(alpha):
   """(update batch, step targets) of the shared rollout at this alpha."""
   out, tg, v_BP, m_BP = _scored_rollout()
@@ -105,7 +107,7 @@ def _shared_batch(alpha):
   return batch, tg
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_update(shape_items):
   """Three RL updates of the shared batch on a mesh (cached per shape)."""
   shape = dict(shape_items)
@@ -138,7 +140,8 @@ def test_rollout_rows_split_over_data_axes_and_fork_equals_reprefill():
   shapes = {s.data.shape for s in out["tokens_BT"].addressable_shards}
   assert shapes == {(1, t)}  # each of the 8 devices holds its own row
   tok = np.asarray(out["tokens_BT"])
-  plen, rlen = np.asarray(out["prompt_len_B"]), np.asarray(out["response_len_B"])
+  plen = np.asarray(out["prompt_len_B"])
+  rlen = np.asarray(out["response_len_B"])
   np.testing.assert_array_equal(plen, np.repeat(PLEN, 2))
   for r in range(b):
     np.testing.assert_array_equal(tok[r, :plen[r]], PROMPTS[r // 2, :plen[r]])
@@ -210,7 +213,8 @@ def test_alpha_zero_is_exactly_orm_rl():
   # ORM-RL targets: no verifier at all.
   tfn = train_rl.make_targets_fn(orm, mesh, step_id=STEP, eos_id=EOS)
   p = orm.max_steps + 1
-  tg_orm = jax.device_get(tfn(np.zeros((8, p), np.float32), np.zeros((8, p), bool),
+  tg_orm = jax.device_get(tfn(np.zeros((8, p), np.float32),
+                              np.zeros((8, p), bool),
                               batch["tokens_BT"], batch["response_mask_BT"],
                               jnp.asarray(outcome)))
   np.testing.assert_array_equal(tg_orm["returns_BH"], tg["returns_BH"])
@@ -244,7 +248,8 @@ def test_bad_inputs_fail_naming_the_key():
     train_rl.check_config(dataclasses.replace(RL, scorer="oracle"))
   graphdef, params = _policy()
   with pytest.raises(ValueError, match="verifier"):
-    train_rl.make_context(cfg=RL, sampler=_sampler(graphdef), policy_params=params,
+    train_rl.make_context(cfg=RL, sampler=_sampler(graphdef),
+                          policy_params=params,
                           task=None, tok=FakeTok(),
                           mesh=_mesh({"data": 8, "fsdp": 1, "tensor": 1}))
 
@@ -287,7 +292,8 @@ def test_end_to_end_iteration_pav_and_mc_control(arith):
   assert int(state["step"]) == 1
   assert m["sampled_tokens"] > 0 and m["mean_steps"] > 1
   assert all(np.isfinite(v) for v in m.values())
-  assert not np.allclose(np.asarray(state["params"]["policy"]["embed_VD"]), before)
+  after = np.asarray(state["params"]["policy"]["embed_VD"])
+  assert not np.allclose(after, before)
   # Verifier-free control: Q̂ from MC continuations of every prefix.
   mc = dataclasses.replace(rl, scorer="mc", mc_samples=2)
   ro = train_rl.rollout(ctx.rollout_fn, state["params"]["policy"], task, tok,
