@@ -131,6 +131,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.max_step_tokens = 16
   c.search.batch_rows = 768  # decode rows per chunk (beam: B * C per problem)
   c.search.beam_modes = "q,pav"  # PRM-Q beam, PAV beam
+  c.search.beam_start = "beam"  # "beam": B copies of the question; "one"
+  c.search.mc_rollouts = 0  # > 0: MC-scorer beams (mc_q/mc_pav_beam); 0 off
+  c.search.logprob_bon = "mean"  # policy log-prob best-of-N: mean/sum/"" off
+  c.search.weighted_majority = True  # wmaj_* rows (verifier-weighted votes)
   # Sweeps (search/sweeps.py). With seeds or sweeps set, the stage writes an
   # experiment record (results.json with alpha/main/prover parts, tables.md,
   # main_seed<s>.json, plots) into out_dir; otherwise one comparison.

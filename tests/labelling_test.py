@@ -13,6 +13,7 @@ from pav_jax import advantages
 from pav_jax import config as config_lib
 from pav_jax import labelled_set
 from pav_jax import labelling
+from pav_jax import mc_values
 from pav_jax import sampler as sampler_lib
 from pav_jax import transformer
 from pav_jax.didactic import env as env_lib
@@ -258,3 +259,27 @@ def test_resume_and_refuse_mismatched_or_corrupt_sets(tmp_path):
   (tmp_path / "full" / "manifest.json").write_text(json.dumps(m))
   with pytest.raises(labelled_set.LabelledSetError, match="v99"):
     labelled_set.load_labelled(tmp_path / "full")
+
+
+def test_cache_full_fails_loudly_and_is_reported(tmp_path):
+  gd, params, cfg = _tiny_lm()
+  prompts = [[BOS, 5 + i % 3, STEP] for i in range(2)]
+  lc = labelling.LabelConfig(n_cov=2, n_mc=2, max_new_tokens=12,
+                             max_step_tokens=6, max_steps=3,
+                             prompts_per_chunk=2, row_buckets=1)
+  ident = {"tokenizer_sha256": "abc", "step_id": STEP, "eos_id": EOS}
+  small = sampler_lib.Sampler(gd, cfg, cache_size=12, eos_id=EOS,
+                              step_id=STEP, pad_id=PAD, buckets=(8,))
+  with pytest.raises(mc_values.CacheFullError, match="label.cache_size"):
+    _run(tmp_path / "small", small, params, prompts, lc, ident)
+  assert not (tmp_path / "small" / "shard_00000.npz").exists()
+  # A set whose manifest records cut rollouts (made before the check) is
+  # refused on load, naming the key.
+  s = sampler_lib.Sampler(gd, cfg, cache_size=96, eos_id=EOS, step_id=STEP,
+                          pad_id=PAD)
+  m = _run(tmp_path / "ok", s, params, prompts, lc, ident)
+  assert m["budget"]["cache_full"] == 0
+  m["budget"]["cache_full"] = 3
+  (tmp_path / "ok" / "manifest.json").write_text(json.dumps(m))
+  with pytest.raises(labelled_set.LabelledSetError, match="label.cache_size"):
+    labelled_set.load_labelled(tmp_path / "ok")

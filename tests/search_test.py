@@ -153,10 +153,11 @@ def test_bon_compute_hand_counts():
       correct=np.zeros((1, 4)), answers=[[None] * 4],
       generated_EK=np.array([[3, 5, 7, 9]]), prompt_len_E=np.array([10]))
   c = search.bon_compute(smp, 2, verifiers=1)
-  # groups (3+5), (7+9): mean 12 generated; verifier reads 2 prompts + 12.
+  # groups (3+5), (7+9): mean 12 generated; the verifier reads the prompt
+  # once (as beam search charges it) + the 12 response tokens.
   assert (c.prefilled_tokens, c.generated_tokens, c.verifier_tokens) == (
-      10, 12, 32)
-  assert c.flops(100, 10) == 2 * 100 * 22 + 2 * 10 * 32
+      10, 12, 22)
+  assert c.flops(100, 10) == 2 * 100 * 22 + 2 * 10 * 22
   assert search.bon_compute(smp, 4, verifiers=0).verifier_tokens == 0
 
 
@@ -266,6 +267,12 @@ def test_chunking_does_not_change_results():
                              search.BeamConfig(batch_rows=12, **kw),
                              jax.random.key(4))
   assert big.compute == small.compute
+  # Greedy policy: the same traces, values and pools whatever the chunking.
+  assert big.responses == small.responses
+  assert big.values == small.values
+  assert big.pools == small.pools
+  assert big.finished.tolist() == small.finished.tolist()
+  assert any(len(r) > 0 for r in big.responses)
 
 
 def test_summarise_compute_ratios():
@@ -282,3 +289,126 @@ def test_summarise_compute_ratios():
   assert s["pav_vs_orm_best_compute_ratio"] == pytest.approx(4.0 / 2**0.5)
   assert s["pav_vs_prm_q_beam_compute_ratio"] == pytest.approx(1.0)
   assert s["prm_last_vs_orm_at_max_n"] == pytest.approx(0.05)
+
+
+class SumScorer:
+  """Scripted verifier whose value is a function of all tokens read so far
+  (V = ((sum of tokens) mod 7 + 1) / 8), so siblings usually differ."""
+
+  def init_cache(self, batch, size):
+    del size
+    return {"sum_B": jnp.zeros((batch,), jnp.int32)}
+
+  @staticmethod
+  def value(total):
+    return ((total % 7) + 1) / 8.0
+
+  def extend(self, tokens_BW, length_B, pos0_B, cache):
+    del pos0_B
+    tokens_BW, length_B = jnp.asarray(tokens_BW), jnp.asarray(length_B)
+    valid_BW = jnp.arange(tokens_BW.shape[1])[None, :] < length_B[:, None]
+    sum_B = cache["sum_B"] + jnp.sum(jnp.where(valid_BW, tokens_BW, 0), 1)
+    return self.value(sum_B), {"sum_B": sum_B}
+
+
+def test_pav_beam_scores_candidates_against_their_parent_value(monkeypatch):
+  """Wiring: each candidate's parent value is its parent's V, shared by its
+  C siblings (first step: V of the question). Passing a candidate's own
+  value instead makes A = 0 (PAV beam == PRM-Q beam) and fails here."""
+  from pav_jax.search import beam as beam_lib  # pylint: disable=g-import-not-at-top
+  calls = []
+  orig = beam_lib.beam_scores
+
+  def spy(q_new_M, q_parent_M, **kw):
+    calls.append((np.asarray(q_new_M), np.asarray(q_parent_M)))
+    return orig(q_new_M, q_parent_M, **kw)
+
+  monkeypatch.setattr(beam_lib, "beam_scores", spy)
+  graphdef, params = _policy(3, 1.3, 1.5)
+  s = _sampler(graphdef, 1.0)
+  b, c = 2, 3
+  cfg = search.BeamConfig(beam_size=b, expansions=c, max_steps=4,
+                          max_step_tokens=16, mode="pav", alpha=1.0,
+                          prover_k=1)
+  res = search.beam_search(s, params, SumScorer(), PROMPTS, cfg,
+                           jax.random.key(5))
+  assert len(calls) >= 2
+  v0_E = np.array([SumScorer.value(sum(p)) for p in PROMPTS])
+  np.testing.assert_allclose(calls[0][1], np.repeat(v0_E, b * c), atol=1e-6)
+  for vals, v0 in zip(res.values, v0_E):
+    assert vals[0] == pytest.approx(v0)
+  varied = 0
+  for q_new, q_par in calls:
+    par_RC = q_par.reshape(-1, c)
+    assert (par_RC == par_RC[:, :1]).all(), par_RC  # siblings share
+    varied += int(np.any(q_new.reshape(-1, c).std(1) > 0))
+    # Every parent value is a value the verifier can give (not a score).
+    assert set(np.round(q_par * 8).tolist()) <= set(range(1, 8))
+  assert varied >= 2  # the mutation would have broken sibling equality
+  # Each kept trace's values are its prefixes' verifier values.
+  for p, r, vals in zip(PROMPTS, res.responses, res.values):
+    ends = [i + 1 for i, t in enumerate(r) if t == STEP]
+    for h, e in enumerate(ends[: len(vals) - 1]):
+      assert vals[h + 1] == pytest.approx(SumScorer.value(sum(p + r[:e])))
+
+
+def test_pav_beam_differs_from_prm_q_beam_when_advantages_matter():
+  """With a strong alpha, PAV beam picks differently from PRM-Q beam on the
+  same samples (same keys): A != 0 reaches the selection."""
+  graphdef, params = _policy(3, 1.3, 1.5)
+  s = _sampler(graphdef, 1.0)
+  out = {}
+  for mode in ("q", "pav"):
+    cfg = search.BeamConfig(beam_size=2, expansions=3, max_steps=4,
+                            max_step_tokens=16, mode=mode, alpha=4.0,
+                            prover_k=1)
+    out[mode] = search.beam_search(s, params, SumScorer(), PROMPTS * 2, cfg,
+                                   jax.random.key(6)).responses
+  assert out["q"] != out["pav"]
+
+
+def test_beam_start_one_samples_c_first_steps():
+  graphdef, params = _policy(3, 1.3, 1.5)
+  s = _sampler(graphdef, 1.0)
+  counts = {}
+  for start in ("beam", "one"):
+    cfg = search.BeamConfig(beam_size=4, expansions=2, max_steps=1,
+                            max_step_tokens=16, start=start)
+    res = search.beam_search(s, params, TokenScorer(45), PROMPTS, cfg,
+                             jax.random.key(7))
+    counts[start] = res.compute
+  # One step only: "beam" samples B*C = 8 first steps per problem, "one"
+  # C = 2; the verifier reads the question once either way.
+  g_beam, g_one = counts["beam"].generated_tokens, counts["one"].generated_tokens
+  assert 0 < g_one < g_beam
+  assert g_beam / g_one == pytest.approx(4.0, rel=0.35)
+  plen = sum(map(len, PROMPTS))
+  assert counts["one"].verifier_tokens == plen + g_one
+  with pytest.raises(ValueError, match="beam start"):
+    search.BeamConfig(beam_size=2, start="two")
+
+
+def test_mc_scorer_beam_finds_the_good_token_and_charges_rollouts():
+  """The test-time MC scorer (Q̂ from n rollouts, grader: the trace holds
+  token 45) steers the beam like an oracle scorer; its rollouts are policy
+  compute and it reads no verifier tokens."""
+  graphdef, params = _policy(3, 1.3, 1.5)
+  s = _sampler(graphdef, 1.0)
+  prompts = PROMPTS * 2
+  good = 45
+  scorer = search.MCScorer(grade=lambda i, ids: float(good in ids), n=4,
+                           max_new_tokens=64)
+  kw = dict(beam_size=4, expansions=3, max_steps=6, max_step_tokens=16,
+            alpha=0.5, prover_k=4)
+  res = search.beam_search(s, params, scorer, prompts,
+                           search.BeamConfig(mode="pav", **kw),
+                           jax.random.key(2))
+  plain = search.beam_search(s, params, TokenScorer(good), prompts,
+                             search.BeamConfig(mode="pav", **kw),
+                             jax.random.key(2))
+  assert np.mean([good in r for r in res.responses]) >= 0.75
+  assert res.compute.verifier_tokens == 0
+  assert res.compute.generated_tokens > 2 * plain.compute.generated_tokens
+  for vals in res.values:  # Q̂ are multiples of 1/n (or exact outcomes)
+    np.testing.assert_allclose(np.array(vals) * 4, np.round(np.array(vals) * 4),
+                               atol=1e-6)

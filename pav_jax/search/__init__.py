@@ -2,6 +2,7 @@
 
 Modules:
   beam.py            step-level beam search (PRM-Q or PAV), its state
+  mc_scorer.py       the test-time Monte-Carlo scorer (no learned model)
   bon.py             best-of-N: samples, verifier scores, aggregations
   comparison.py      every method at every N (`compare`), settings
   compute.py         the compute-accounting type (tokens -> FLOPs)
@@ -16,7 +17,10 @@ from pav_jax.metrics import best_of_n
 from pav_jax.metrics import majority_pick
 from pav_jax.metrics import majority_vote
 from pav_jax.metrics import pass_at_n
+from pav_jax.metrics import weighted_majority_pick
+from pav_jax.metrics import weighted_majority_vote
 from pav_jax.search.beam import BEAM_MODES
+from pav_jax.search.beam import BEAM_STARTS
 from pav_jax.search.beam import BeamConfig
 from pav_jax.search.beam import BeamResult
 from pav_jax.search.beam import BeamState
@@ -28,12 +32,14 @@ from pav_jax.search.bon import Samples
 from pav_jax.search.bon import aggregate_steps
 from pav_jax.search.bon import bon_compute
 from pav_jax.search.bon import draw_samples
+from pav_jax.search.bon import logprob_scores
 from pav_jax.search.bon import pav_min_scores
 from pav_jax.search.bon import score_samples
 from pav_jax.search.comparison import SearchSettings
 from pav_jax.search.comparison import compare
 from pav_jax.search.comparison import settings_from_config
 from pav_jax.search.compute import Compute
+from pav_jax.search.mc_scorer import MCScorer
 from pav_jax.search.report import compute_to_match
 from pav_jax.search.report import interp_log
 from pav_jax.search.report import summarise
@@ -43,6 +49,7 @@ __all__ = [
     "aggregate_steps",
     "AGGREGATIONS",
     "BEAM_MODES",
+    "BEAM_STARTS",
     "beam_scores",
     "beam_search",
     "BeamConfig",
@@ -56,8 +63,10 @@ __all__ = [
     "compute_to_match",
     "draw_samples",
     "interp_log",
+    "logprob_scores",
     "majority_pick",
     "majority_vote",
+    "MCScorer",
     "pass_at_n",
     "pav_min_scores",
     "Samples",
@@ -66,4 +75,6 @@ __all__ = [
     "select_top",
     "settings_from_config",
     "summarise",
+    "weighted_majority_pick",
+    "weighted_majority_vote",
 ]

@@ -9,9 +9,22 @@ keeps its slot, so a problem holds at most B finished traces and the search
 ends when all B slots are finished, or after `max_steps`. The answer is the
 finished trace with the highest Q^pi (as in the paper). The verifier keeps a
 KV cache per beam (`verifier_cache`) that is forked and gathered with the
-policy's, so each new step is scored by reading only its own tokens. The
-beam is initialised with B copies of the question, so the first expansion
-samples B*C first steps.
+policy's, so each new step is scored by reading only its own tokens.
+
+The verifier may instead be the test-time Monte-Carlo scorer
+(`mc_scorer.MCScorer`): Q̂^pi of each candidate from n rollouts forked from
+the candidate's own policy cache (its rollouts are charged as policy
+compute); the prover term is the same closed form on Q̂.
+
+Beam start (`BeamConfig.start`, `c.search.beam_start`):
+  "beam" (default): B copies of the question, so the first expansion samples
+    B*C first steps and keeps the top B. This is the behaviour every recorded
+    result was made with, and it gives the first selection B*C candidates
+    instead of C, which matters when C < B (fewer first steps would leave
+    slots empty for a step).
+  "one": the paper's start: one live state per problem, so the first
+    expansion samples C first steps; the top min(B, C) are kept and the beam
+    fills up over the next steps.
 
 Shapes: E problems of a chunk, R = E*B beam rows, M = R*C candidates,
 L response tokens, P prefixes (max_steps + 1).
@@ -29,10 +42,13 @@ import numpy as np
 
 from pav_jax import advantages
 from pav_jax import sampler as sampler_lib
+from pav_jax import mc_values
+from pav_jax.search import mc_scorer
 from pav_jax.search import verifier_cache
 from pav_jax.search.compute import Compute
 
 BEAM_MODES = ("q", "pav")
+BEAM_STARTS = ("beam", "one")
 
 
 def beam_scores(q_new_M: jax.Array, q_parent_M: jax.Array, *, mode: str,
@@ -87,6 +103,12 @@ class BeamConfig:
   alpha: float = 0.5
   prover_k: float = 4.0
   batch_rows: int = 768  # problems per chunk = batch_rows // (B * C)
+  start: str = "beam"  # "beam" (B copies of the question) or "one"
+
+  def __post_init__(self):
+    if self.start not in BEAM_STARTS:
+      raise ValueError(f"beam start must be one of {BEAM_STARTS}, got "
+                       f"{self.start!r}")
 
 
 @dataclasses.dataclass
@@ -121,13 +143,16 @@ class BeamState:
 
   @classmethod
   def init(cls, v0_E: np.ndarray, plen_E: np.ndarray, b: int, max_steps: int,
-           max_resp: int) -> BeamState:
+           max_resp: int, start: str = "beam") -> BeamState:
+    """B slots per problem; with start "one" only slot 0 is live."""
     p = len(plen_E)
     r = p * b
     q_R = np.repeat(np.asarray(v0_E), b)
     vals_RP = np.zeros((r, max_steps + 1), np.float32)
     vals_RP[:, 0] = q_R
-    return cls(q_R=q_R, alive_R=np.ones(r, bool),
+    alive_R = (np.ones(r, bool) if start == "beam"
+               else np.arange(r) % b == 0)
+    return cls(q_R=q_R, alive_R=alive_R,
                resp_RL=np.zeros((r, max_resp), np.int32),
                rlen_R=np.zeros(r, np.int32), vals_RP=vals_RP,
                nstep_R=np.zeros(r, np.int32), vpos_R=np.repeat(plen_E, b),
@@ -179,7 +204,8 @@ def beam_search(sampler: sampler_lib.Sampler, policy_params,
   """Batched step-level beam search over problems (chunked) and beams.
 
   `verifier` is a `verifier_cache.CachedVerifier` or anything with its
-  `init_cache` / `extend` interface.
+  `init_cache` / `extend` interface, or a `mc_scorer.MCScorer` (its grader
+  is called with the index of the problem in `prompts`).
   """
   t0 = time.time()
   b, c = cfg.beam_size, cfg.expansions
@@ -191,7 +217,7 @@ def beam_search(sampler: sampler_lib.Sampler, policy_params,
     real = len(chunk)
     chunk += [chunk[0]] * (per_chunk - real)
     res = _beam_chunk(sampler, policy_params, verifier, chunk, real, cfg,
-                      jax.random.fold_in(rng, ci))
+                      jax.random.fold_in(rng, ci), start)
     out.responses += res.responses[:real]
     out.values += res.values[:real]
     out.pools += res.pools[:real]
@@ -203,8 +229,11 @@ def beam_search(sampler: sampler_lib.Sampler, policy_params,
 
 
 def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
-                real: int, cfg: BeamConfig, rng) -> BeamResult:
-  """Beam search on one chunk of problems; compute counts `real` ones only."""
+                real: int, cfg: BeamConfig, rng, offset: int) -> BeamResult:
+  """Beam search on one chunk of problems; compute counts `real` ones only.
+
+  `offset` is the index of prompts[0] among all problems (MC grading).
+  """
   b, c = cfg.beam_size, cfg.expansions
   p = len(prompts)
   r, m = p * b, p * b * c
@@ -213,17 +242,31 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
   real_E = np.arange(p) < real
   compute = Compute(prefilled_tokens=float(plen_E[real_E].sum()))
 
+  mc = isinstance(verifier, mc_scorer.MCScorer)
+  k_mc = jax.random.fold_in(rng, 7)
+  prob_E = np.minimum(np.arange(p), real - 1) + offset  # pad rows: a real one
+
   # Prefill the policy and the verifier on the question (one row each).
   pstate = sampler.prefill(policy_params, prompts, rng)
-  toks_ET, _ = sampler.pad_prompts(prompts)
-  vsize = toks_ET.shape[1] + cfg.max_steps * n_w
-  vcache = verifier.init_cache(p, vsize)
-  v0_E, vcache = verifier.extend(toks_ET, plen_E, np.zeros(p, np.int32), vcache)
-  compute.verifier_tokens += float(plen_E[real_E].sum())
+  if mc:
+    vcache = None
+    v0_E = np.zeros(p, np.float32)
+    rows = np.flatnonzero(real_E)
+    v0_E[rows] = _mc_values(verifier, sampler, policy_params, pstate, rows,
+                            [[]] * len(rows), prob_E[rows], k_mc, 0, p,
+                            compute)
+  else:
+    toks_ET, _ = sampler.pad_prompts(prompts)
+    vsize = toks_ET.shape[1] + cfg.max_steps * n_w
+    vcache = verifier.init_cache(p, vsize)
+    v0_E, vcache = verifier.extend(toks_ET, plen_E, np.zeros(p, np.int32),
+                                   vcache)
+    compute.verifier_tokens += float(plen_E[real_E].sum())
   # B copies of the question per problem: row = problem * B + slot.
   pstate = sampler_lib.fork(pstate, b)
-  vcache = verifier_cache.fork_rows(vcache, b)
-  st = BeamState.init(v0_E, plen_E, b, cfg.max_steps, cfg.max_steps * n_w)
+  vcache = None if mc else verifier_cache.fork_rows(vcache, b)
+  st = BeamState.init(v0_E, plen_E, b, cfg.max_steps, cfg.max_steps * n_w,
+                      cfg.start)
   problem_M = np.arange(m) // (b * c)
   parent_M = np.arange(m) // c
 
@@ -232,21 +275,27 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
       break
     pstate = pstate.replace(finished_B=jnp.asarray(~st.alive_R))
     forked = sampler_lib.fork(pstate, c)
-    vc = verifier_cache.fork_rows(vcache, c)
+    vc = None if mc else verifier_cache.fork_rows(vcache, c)
     dec = sampler.decode(policy_params, forked, n_w, stop_at_step=True)
     tok_MN, len_M, stop_M = jax.device_get(
         (dec.tokens_BN, dec.length_B, dec.stop_B))
-    # The verifier reads the new steps, cut to the longest (a multiple of 8,
-    # so that it compiles at most max_step_tokens / 8 times).
-    w = min(n_w, max(8, -(-int(len_M.max()) // 8) * 8))
-    q_new_M, vc = verifier.extend(tok_MN[:, :w], len_M,
-                                  np.repeat(st.vpos_R, c), vc)
-    q_new_M = np.asarray(jax.device_get(q_new_M))
     ok_M = (st.alive_R[parent_M] & (len_M > 0)
             & ((stop_M == sampler_lib.STEP_END) | (stop_M == sampler_lib.EOS)))
     live_real_M = st.alive_R[parent_M] & real_E[problem_M]
     compute.generated_tokens += float(len_M[live_real_M].sum())
-    compute.verifier_tokens += float(len_M[live_real_M].sum())
+    if mc:
+      q_new_M = _mc_step_values(verifier, sampler, policy_params, dec.state,
+                                st, tok_MN, len_M, stop_M,
+                                ok_M & real_E[problem_M], parent_M,
+                                prob_E[problem_M], k_mc, h + 1, compute)
+    else:
+      # The verifier reads the new steps, cut to the longest (a multiple of
+      # 8, so that it compiles at most max_step_tokens / 8 times).
+      w = min(n_w, max(8, -(-int(len_M.max()) // 8) * 8))
+      q_new_M, vc = verifier.extend(tok_MN[:, :w], len_M,
+                                    np.repeat(st.vpos_R, c), vc)
+      q_new_M = np.asarray(jax.device_get(q_new_M))
+      compute.verifier_tokens += float(len_M[live_real_M].sum())
     score_M = beam_scores(jnp.asarray(q_new_M), jnp.asarray(st.q_R[parent_M]),
                           mode=cfg.mode, alpha=cfg.alpha,
                           prover_k=cfg.prover_k)
@@ -260,7 +309,7 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
                q_new_M, cand_R)
     rows = jnp.asarray(cand_R)
     pstate = sampler_lib.select_rows(dec.state, rows)
-    vcache = verifier_cache.take_rows(vc, rows)
+    vcache = None if mc else verifier_cache.take_rows(vc, rows)
 
   responses, values, fin = [], [], np.zeros(p, bool)
   for pi in range(p):
@@ -269,3 +318,44 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
     values.append(vals)
   return BeamResult(responses, fin, values,
                     [[t for _, t, _ in pool] for pool in st.pools], compute)
+
+
+def _mc_values(scorer, sampler, params, state, rows_A, resp_A, prob_A, key,
+               h: int, total_rows: int, compute: Compute) -> np.ndarray:
+  """Q̂ of `state` rows `rows_A` by the MC scorer; charges its rollouts."""
+  budget = mc_values.Budget()
+  q_A = scorer.q_rows(sampler, params, state, rows_A, resp_A, prob_A,
+                      mc_values.mc_keys(key, h, rows_A, scorer.n), total_rows,
+                      budget)
+  mc_values.check_cache_full(budget.cache_full, "MC scorer in beam search",
+                             "search.max_steps / search.max_step_tokens "
+                             "(the search sampler's cache)")
+  compute.prefilled_tokens += float(budget.prefilled_tokens)
+  compute.generated_tokens += float(budget.sampled_tokens)
+  return q_A
+
+
+def _mc_step_values(scorer, sampler, params, state, st: BeamState, tok_MN,
+                    len_M, stop_M, score_M, parent_M, prob_M, key, h: int,
+                    compute: Compute) -> np.ndarray:
+  """Q̂ of the candidates `score_M` of step h (rows of `state`).
+
+  A candidate that ends with EOS gets its graded outcome (exact, free); one
+  that ends a step gets n rollouts from its cache; the rest get 0 (they are
+  not kept: truncated steps, dead parents, padding problems).
+  """
+  q_M = np.zeros(len(len_M), np.float32)
+  resp = {}
+  for m in np.flatnonzero(score_M):
+    par = parent_M[m]
+    resp[m] = (st.resp_RL[par, : st.rlen_R[par]].tolist()
+               + tok_MN[m, : len_M[m]].tolist())
+  for m in resp:
+    if stop_M[m] == sampler_lib.EOS:
+      q_M[m] = float(scorer.grade(int(prob_M[m]), resp[m][:-1]) > 0)
+  rows = np.array([m for m in resp if stop_M[m] != sampler_lib.EOS], np.int64)
+  if len(rows):
+    q_M[rows] = _mc_values(scorer, sampler, params, state, rows,
+                           [resp[m] for m in rows], prob_M[rows], key, h,
+                           len(len_M), compute)
+  return q_M

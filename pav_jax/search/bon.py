@@ -3,8 +3,16 @@
 Scores: an ORM (value at the final boundary), or a step verifier's
 per-prefix values aggregated by `last` / `min` / `product` ("prm_last" reads
 the PRM-Q/PAV model's Q^pi at the last prefix, i.e. uses it as an ORM), or
-the PAV effective reward Q^pi + alpha A^mu aggregated by `min`. Majority vote
-and Pass@N (oracle) are in `metrics`.
+the PAV effective reward Q^pi + alpha A^mu aggregated by `min`, or the
+policy's own log-probability of the sample (`logprob_scores`, mean or sum
+over its tokens: a baseline with no verifier). Majority vote, weighted
+majority vote (verifier scores summed per distinct answer) and Pass@N
+(oracle) are in `metrics`.
+
+Where a learned verifier reads a sample: the value at each step delimiter
+and at EOS (`verifier.prefix_values`), not at an inserted scoring token:
+the delimiter closes each prefix, so every prefix of a sample is scored in
+one causal pass without adding tokens (docs/deviations.md).
 
 Shapes: E problems, K samples per problem, P prefixes of a sample; B rows
 (E * K flattened).
@@ -69,6 +77,7 @@ class Samples:
   answers: list[list[str | None]]  # [E][K]
   generated_EK: np.ndarray  # tokens sampled per sample (EOS included)
   prompt_len_E: np.ndarray
+  logprob_EK: np.ndarray | None = None  # sum of log pi(token), EOS included
 
 
 def draw_samples(sampler: sampler_lib.Sampler, policy_params, task, tok,
@@ -89,7 +98,27 @@ def draw_samples(sampler: sampler_lib.Sampler, policy_params, task, tok,
   gen = np.array([[len(r) for r in rs] for rs in ro.responses], np.int64)
   gen = gen + ro.finished.astype(np.int64)
   return Samples(ro.responses, ro.finished, correct, answers, gen,
-                 np.array([len(x) for x in prompts], np.int64))
+                 np.array([len(x) for x in prompts], np.int64),
+                 np.asarray(ro.logprob_sums, np.float64))
+
+
+LOGPROB_KINDS = ("mean", "sum")
+
+
+def logprob_scores(samples: Samples, how: str = "mean") -> np.ndarray:
+  """The policy's log-probability of each sample [E, K] (no verifier).
+
+  "sum": log pi(response); "mean": per sampled token (does not favour short
+  responses). The sampler's log-probs are at temperature 1.
+  """
+  if samples.logprob_EK is None:
+    raise ValueError("samples carry no log-probs")
+  if how == "sum":
+    return samples.logprob_EK
+  if how == "mean":
+    return samples.logprob_EK / np.maximum(samples.generated_EK, 1)
+  raise ValueError(f"log-prob score must be one of {LOGPROB_KINDS}, "
+                   f"got {how!r}")
 
 
 def trajectories(prompts, responses, finished, pad_id: int, eos_id: int,
@@ -150,7 +179,8 @@ def bon_compute(samples: Samples, n: int, verifiers: int) -> Compute:
   """Mean per-problem compute of one best-of-n run (over disjoint groups).
 
   Each run prefills its prompt once and samples n responses; each verifier
-  reads every sample in full (prompt + response).
+  reads the prompt once and every response (it prefills the question once
+  and forks its cache, as beam search does; see `compute`).
   """
   p, k = samples.correct.shape
   g = metrics.groups(k, n)
@@ -158,5 +188,5 @@ def bon_compute(samples: Samples, n: int, verifiers: int) -> Compute:
   gen = float(gen_EG.mean())
   plen = float(samples.prompt_len_E.mean())
   return Compute(prefilled_tokens=plen, generated_tokens=gen,
-                 verifier_tokens=verifiers * (n * plen + gen))
+                 verifier_tokens=verifiers * (plen + gen))
 

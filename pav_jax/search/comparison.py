@@ -2,9 +2,19 @@
 
 `compare` runs every method on the same problems and policy and returns a
 JSON-serialisable dict (accuracy, compute and FLOPs per problem per N).
-Method names: pass@N, majority, orm_bon, prm_last_bon (the PRM-Q/PAV model's
-Q^pi at the last prefix, used as an ORM), prm_min_bon, prm_product_bon,
-pav_min_bon, prm_q_beam, pav_beam.
+Method names:
+  pass@N (oracle), majority, logprob_bon (the policy's mean / sum token
+  log-prob, `c.search.logprob_bon`; "" = off), orm_bon, prm_last_bon (the
+  PRM-Q/PAV model's Q^pi at the last prefix, used as an ORM), prm_min_bon,
+  prm_product_bon, pav_min_bon;
+  weighted majority of the same samples, each answer's score summed over its
+  samples (`c.search.weighted_majority`): wmaj_orm, wmaj_prm_last,
+  wmaj_prm_min, wmaj_pav_min (the effective reward clipped at 0: it can be
+  negative);
+  beam search with the learned verifier: prm_q_beam, pav_beam;
+  beam search with the test-time MC scorer (`c.search.mc_rollouts` > 0, no
+  learned model, its rollouts charged as policy compute): mc_q_beam,
+  mc_pav_beam.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from pav_jax.search.beam import BEAM_MODES
 from pav_jax.search.beam import BeamConfig
 from pav_jax.search.beam import beam_search
 from pav_jax.search.compute import Compute
+from pav_jax.search.mc_scorer import MCScorer
 from pav_jax.search.verifier_cache import CachedVerifier
 
 log = logging.getLogger(__name__)
@@ -45,6 +56,10 @@ class SearchSettings:
   batch_rows: int = 768
   beam_modes: tuple[str, ...] = BEAM_MODES
   bon_methods: bool = True
+  beam_start: str = "beam"  # "beam" (B copies) or "one" (paper): beam.py
+  mc_rollouts: int = 0  # > 0: MC-scorer beams with this many rollouts
+  logprob_bon: str = "mean"  # "mean" / "sum" / "" (off)
+  weighted_majority: bool = True
 
 
 
@@ -61,17 +76,24 @@ def settings_from_config(config) -> SearchSettings:
       expansions=int(s.expansions), max_steps=int(s.max_steps),
       max_step_tokens=int(s.max_step_tokens),
       max_new_tokens=int(config.sample.max_new_tokens),
-      batch_rows=int(s.batch_rows), beam_modes=_csv(s.beam_modes, str.strip))
+      batch_rows=int(s.batch_rows), beam_modes=_csv(s.beam_modes, str.strip),
+      beam_start=str(s.get("beam_start", "beam")),
+      mc_rollouts=int(s.get("mc_rollouts", 0)),
+      logprob_bon=str(s.get("logprob_bon", "mean")),
+      weighted_majority=bool(s.get("weighted_majority", True)))
 
 
 def make_search_sampler(run: run_lib.Run, graphdef, settings: SearchSettings,
                         examples) -> sampler_lib.Sampler:
   """The policy sampler, its cache sized for the prompts plus either
-  max_new_tokens (best-of-N) or max_steps full steps (beam search)."""
+  max_new_tokens (best-of-N) or max_steps full steps (beam search); with the
+  MC scorer, max_steps full steps plus a max_new_tokens rollout."""
   longest = max(len(p) for p in run.encode_prompts(examples))
   bucket = run.sampler(graphdef).bucket(longest)  # no compile: reads buckets
-  cache = bucket + 1 + max(settings.max_new_tokens,
-                           settings.max_steps * settings.max_step_tokens)
+  beam = settings.max_steps * settings.max_step_tokens
+  if settings.mc_rollouts > 0:
+    beam += settings.max_new_tokens
+  cache = bucket + 1 + max(settings.max_new_tokens, beam)
   return run.sampler(graphdef, cache_size=cache)
 
 
@@ -130,39 +152,62 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
       scores["pav_min_bon"] = ("prm_q", bon.pav_min_scores(
           v2, m2, settings.alpha, settings.prover_k))
     p, k = smp.correct.shape
+    scores = {name: (ver, np.asarray(s).reshape(p, k))
+              for name, (ver, s) in scores.items()}
+    wmaj = {}
+    if settings.weighted_majority:
+      for name in ("orm_bon", "prm_last_bon", "prm_min_bon", "pav_min_bon"):
+        if name in scores:
+          ver, s = scores[name]
+          wmaj["wmaj_" + name[:-len("_bon")]] = (ver, np.maximum(s, 0.0))
     for n in ns:
       add("pass@N", n, metrics.pass_at_n(smp.correct, n),
           bon.bon_compute(smp, n, 0), None)
       add("majority", n, metrics.majority_vote(smp.answers, smp.correct, n),
           bon.bon_compute(smp, n, 0), None)
+      if settings.logprob_bon:
+        add("logprob_bon", n, metrics.best_of_n(
+            bon.logprob_scores(smp, settings.logprob_bon), smp.correct, n),
+            bon.bon_compute(smp, n, 0), None)
       for name, (ver, s) in scores.items():
-        add(name, n,
-            metrics.best_of_n(np.asarray(s).reshape(p, k), smp.correct, n),
+        add(name, n, metrics.best_of_n(s, smp.correct, n),
+            bon.bon_compute(smp, n, 1), ver)
+      for name, (ver, s) in wmaj.items():
+        add(name, n, metrics.weighted_majority_vote(smp.answers, s,
+                                                    smp.correct, n),
             bon.bon_compute(smp, n, 1), ver)
     log.info("best-of-N: %d x %d samples in %.0f s", p, k, time.time() - t1)
 
+  beams = []  # (method name, mode, scorer, verifier name for FLOPs)
   if "prm_q" in verifiers:
     cv = beam_verifier or CachedVerifier(*verifiers["prm_q"])
-    for mode in settings.beam_modes:
-      name = {"q": "prm_q_beam", "pav": "pav_beam"}[mode]
-      for n in ns:
-        bcfg = BeamConfig(
-            beam_size=n, expansions=settings.expansions,
-            max_steps=settings.max_steps,
-            max_step_tokens=settings.max_step_tokens, mode=mode,
-            alpha=settings.alpha, prover_k=settings.prover_k,
-            batch_rows=settings.batch_rows)
-        res = beam_search(sampler, policy_params, cv, prompts, bcfg,
-                          jax.random.fold_in(rng, 1000 + n))
-        corr = _grade(task, tok, examples, res.responses)
-        pool_pass = np.mean([
-            any(task.grade(ex, tok.decode(t)) for t in pool)
-            for ex, pool in zip(examples, res.pools)])
-        add(name, n, corr.mean(), res.compute.scaled(1.0 / len(examples)),
-            "prm_q", pool_pass=float(pool_pass),
-            finished_frac=float(res.finished.mean()), seconds=res.seconds)
-        log.info("%s N=%d: acc %.3f in %.1f s", name, n, corr.mean(),
-                 res.seconds)
+    beams += [({"q": "prm_q_beam", "pav": "pav_beam"}[mode], mode, cv,
+               "prm_q") for mode in settings.beam_modes]
+  if settings.mc_rollouts > 0:
+    mc = MCScorer(
+        grade=lambda i, ids: task.grade(examples[i], tok.decode(ids)),
+        n=settings.mc_rollouts, max_new_tokens=settings.max_new_tokens)
+    beams += [({"q": "mc_q_beam", "pav": "mc_pav_beam"}[mode], mode, mc, None)
+              for mode in settings.beam_modes]
+  for name, mode, scorer, ver in beams:
+    for n in ns:
+      bcfg = BeamConfig(
+          beam_size=n, expansions=settings.expansions,
+          max_steps=settings.max_steps,
+          max_step_tokens=settings.max_step_tokens, mode=mode,
+          alpha=settings.alpha, prover_k=settings.prover_k,
+          batch_rows=settings.batch_rows, start=settings.beam_start)
+      res = beam_search(sampler, policy_params, scorer, prompts, bcfg,
+                        jax.random.fold_in(rng, 1000 + n))
+      corr = _grade(task, tok, examples, res.responses)
+      pool_pass = np.mean([
+          any(task.grade(ex, tok.decode(t)) for t in pool)
+          for ex, pool in zip(examples, res.pools)])
+      add(name, n, corr.mean(), res.compute.scaled(1.0 / len(examples)),
+          ver, pool_pass=float(pool_pass),
+          finished_frac=float(res.finished.mean()), seconds=res.seconds)
+      log.info("%s N=%d: acc %.3f in %.1f s", name, n, corr.mean(),
+               res.seconds)
   return {"ns": ns, "methods": methods,
           "settings": dataclasses.asdict(settings),
           "flop_params": {"policy": n_pol, **n_ver},

@@ -4,6 +4,14 @@ Per problem, padding excluded:
   prefilled tokens: prompt tokens read by the policy before sampling;
   generated tokens: tokens sampled by the policy (each costs one forward);
   verifier tokens:  tokens read by the verifier(s).
+Every method charges the prompt once per problem, to the policy and to each
+verifier: beam search prefills the question once and forks both caches; a
+best-of-N verifier is charged the same way (prompt once + all N responses),
+since it too can prefill the question once and fork it per sample, even
+where our implementation reads each sample in one pass for simplicity.
+The test-time Monte-Carlo scorer (`mc_scorer`) has no verifier tokens: its
+rollouts are policy compute (generated tokens, plus prefilled tokens where
+a prefix is prefilled rather than forked from a cache).
   FLOPs = 2 * N_policy * (prefilled + generated) + 2 * N_verifier * verifier
 where N_policy counts the policy's parameters (embedding once: it is the
 output projection) and N_verifier the verifier's non-embedding parameters

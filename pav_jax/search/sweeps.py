@@ -111,7 +111,8 @@ def run_sweeps(runner: Runner, config, out: Path) -> dict:
     accs = {}
     for a in _floats(s.sweep_alphas):
       accs[a] = [runner.run(val, sd, ns=(int(s.sweep_n),), alpha=a,
-                            bon_methods=False, beam_modes=("pav",))
+                            bon_methods=False, beam_modes=("pav",),
+                            mc_rollouts=0)
                  ["methods"]["pav_beam"]["acc"][0] for sd in seeds]
       log.info("alpha %.2f: %s", a, accs[a])
     res["alpha"] = {"n": int(s.sweep_n), "seeds": seeds,
@@ -151,7 +152,7 @@ def run_sweeps(runner: Runner, config, out: Path) -> dict:
     for k in ks:
       a = np.array([runner.run(test, sd, ns=tuple(ns), alpha=alpha,
                                prover_k=float(k), bon_methods=False,
-                               beam_modes=("pav",))
+                               beam_modes=("pav",), mc_rollouts=0)
                     ["methods"]["pav_beam"]["acc"] for sd in seeds])
       acc[str(k)] = {"mean": a.mean(0).tolist(), "std": a.std(0).tolist(),
                      "runs": a.tolist()}
