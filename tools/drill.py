@@ -35,7 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pav_jax import identity  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-TINY = [
+TINY = [  # as in tests/train_lib_test.py, plus stages=sft
     "--config.stages=sft",
     "--config.task.num_train=512", "--config.task.num_eval=8",
     "--config.model.num_layers=1", "--config.model.embed_dim=32",
@@ -185,8 +185,12 @@ def drill_corrupt(root, args, want, report) -> int:
 
 
 def drill_config(root, args, steps, want, report) -> int:
+  """Kill late with a checkpoint every 4 steps, so one is surely committed
+  (an async save may still be in flight at the kill; with none committed
+  the changed run would rightly start fresh, with nothing to mix)."""
   wd = root / "config"
-  run(wd, *steps, f"--config.sft.kill_at_step={args.ckpt_every + 3}")
+  steps = [f"--config.sft.steps={args.steps}", "--config.sft.ckpt_every=4"]
+  run(wd, *steps, f"--config.sft.kill_at_step={args.steps - 1}")
   changed = run(wd, *steps, "--config.sft.learning_rate=0.001")
   refused = (changed.returncode != 0 and "sft.learning_rate: 0.003 -> 0.001"
              in changed.stderr and "new --workdir" in changed.stderr)
