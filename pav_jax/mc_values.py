@@ -119,9 +119,12 @@ def grade_continuations(out_tokens, out_len, prefixes_resp, prompt_ids,
 
 
 def _count(budget: Budget, lens, stops, resp_A, n_mc: int,
-           max_new_tokens: int) -> None:
-  """Adds sampled tokens, rollouts and biased cache-full stops of A prefixes."""
+           max_new_tokens: int, tokens_out: list | None) -> None:
+  """Adds sampled tokens, rollouts and biased cache-full stops of A prefixes
+  (and appends each prefix's sampled tokens to `tokens_out`)."""
   n_real = len(resp_A) * n_mc
+  if tokens_out is not None:
+    tokens_out.extend(lens[:n_real].reshape(-1, n_mc).sum(1).tolist())
   budget.sampled_tokens += int(lens[:n_real].sum())
   budget.mc_rollouts += n_real
   have_R = np.repeat([len(r) for r in resp_A], n_mc) + lens[:n_real]
@@ -131,7 +134,8 @@ def _count(budget: Budget, lens, stops, resp_A, n_mc: int,
 
 def continue_forked(sampler, params, state, rows_A, resp_A, prompt_A, keys,
                     grade: GradeFn, cfg: McConfig, total_rows: int,
-                    budget: Budget) -> np.ndarray:
+                    budget: Budget,
+                    tokens_out: list | None = None) -> np.ndarray:
   """MC successes of the prefixes held by `state` rows `rows_A`.
 
   Args:
@@ -147,6 +151,7 @@ def continue_forked(sampler, params, state, rows_A, resp_A, prompt_A, keys,
     cfg: n_mc, max_new_tokens, row_buckets.
     total_rows: the largest A of the caller (padding buckets).
     budget: updated in place (sampled tokens, rollouts, cache_full).
+    tokens_out: if given, each prefix's sampled tokens are appended.
 
   Returns:
     int [A]: successes out of cfg.n_mc per prefix.
@@ -163,7 +168,8 @@ def continue_forked(sampler, params, state, rows_A, resp_A, prompt_A, keys,
   forked = sampler_lib.fork(sub, cfg.n_mc, key_B=pad_keys)
   out = sampler.decode(params, forked, cfg.max_new_tokens)
   toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
-  _count(budget, lens, stops, resp_A, cfg.n_mc, cfg.max_new_tokens)
+  _count(budget, lens, stops, resp_A, cfg.n_mc, cfg.max_new_tokens,
+         tokens_out)
   return grade_continuations(toks, lens, resp_A, prompt_A, cfg.n_mc, grade,
                              cfg.max_new_tokens, sampler.eos_id)
 
@@ -171,7 +177,8 @@ def continue_forked(sampler, params, state, rows_A, resp_A, prompt_A, keys,
 def continue_prefilled(sampler, params, prefixes_A: Sequence[Sequence[int]],
                        resp_A, prompt_A, keys, grade: GradeFn, cfg: McConfig,
                        total_rows: int, budget: Budget, *,
-                       repeat: bool) -> np.ndarray:
+                       repeat: bool,
+                       tokens_out: list | None = None) -> np.ndarray:
   """MC successes by prefilling each prefix once (repeat=False, then fork)
   or n_mc times (repeat=True: the no-fork baseline).
 
@@ -196,6 +203,6 @@ def continue_prefilled(sampler, params, prefixes_A: Sequence[Sequence[int]],
   state = state.replace(finished_B=state.finished_B | pad_B)
   out = sampler.decode(params, state, cfg.max_new_tokens)
   toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
-  _count(budget, lens, stops, resp_A, n_mc, cfg.max_new_tokens)
+  _count(budget, lens, stops, resp_A, n_mc, cfg.max_new_tokens, tokens_out)
   return grade_continuations(toks, lens, resp_A, prompt_A, n_mc, grade,
                              cfg.max_new_tokens, sampler.eos_id)

@@ -11,6 +11,7 @@ from pav_jax import sampler as sampler_lib
 from pav_jax import search
 from pav_jax import transformer as tr
 from pav_jax import verifier
+from pav_jax.search import beam as beam_lib
 
 EOS, STEP, PAD = 1, 2, 0
 CFG = config_lib.ModelConfig.tiny(vocab_size=48).replace(
@@ -315,7 +316,6 @@ def test_pav_beam_scores_candidates_against_their_parent_value(monkeypatch):
   """Wiring: each candidate's parent value is its parent's V, shared by its
   C siblings (first step: V of the question). Passing a candidate's own
   value instead makes A = 0 (PAV beam == PRM-Q beam) and fails here."""
-  from pav_jax.search import beam as beam_lib  # pylint: disable=g-import-not-at-top
   calls = []
   orig = beam_lib.beam_scores
 
@@ -379,7 +379,8 @@ def test_beam_start_one_samples_c_first_steps():
     counts[start] = res.compute
   # One step only: "beam" samples B*C = 8 first steps per problem, "one"
   # C = 2; the verifier reads the question once either way.
-  g_beam, g_one = counts["beam"].generated_tokens, counts["one"].generated_tokens
+  g_beam = counts["beam"].generated_tokens
+  g_one = counts["one"].generated_tokens
   assert 0 < g_one < g_beam
   assert g_beam / g_one == pytest.approx(4.0, rel=0.35)
   plen = sum(map(len, PROMPTS))
@@ -412,3 +413,53 @@ def test_mc_scorer_beam_finds_the_good_token_and_charges_rollouts():
   for vals in res.values:  # Q̂ are multiples of 1/n (or exact outcomes)
     np.testing.assert_allclose(np.array(vals) * 4, np.round(np.array(vals) * 4),
                                atol=1e-6)
+
+
+def test_mc_scorer_best_of_n_scores_step_prefixes_not_the_outcome():
+  graphdef, params = _policy(3, 1.3, 1.5)
+  s = _sampler(graphdef, 1.0)
+  good = 45
+  scorer = search.MCScorer(grade=lambda i, ids: float(good in ids), n=4,
+                           max_new_tokens=48)
+  p0 = PROMPTS[0]
+  responses = [[[good], [7, STEP, good, STEP, 9], [8, STEP]]]
+  score, tok, v1 = scorer.bon_scores(s, params, [p0], responses, STEP,
+                                     jax.random.key(0), batch_prefixes=2)
+  # Sample 0 has no step prefix (its only step is the final one, whose
+  # value would be the graded outcome): it gets V(s_1).
+  assert score.shape == (1, 3)
+  np.testing.assert_allclose(score * 4, np.round(score * 4))
+  assert score[0, 0] <= 1.0
+  # A prefix holding the good token has Q̂ = 1, so sample 1's min is the
+  # value of its first prefix, which is < 1 unless every rollout hits.
+  assert 0.0 <= score[0, 1] <= 1.0
+  lp = len(p0)
+  np.testing.assert_array_equal(tok[0, :, 0], [0, 2 * lp + 6, lp + 2])
+  assert tok[0, 0, 1] == 0 and tok[0, 1, 1] > 0
+  assert v1[0, 0] == lp and v1[0, 1] > 0
+  smp = search.Samples(responses=responses, finished=np.ones((1, 3), bool),
+                       correct=np.zeros((1, 3)), answers=[[None] * 3],
+                       generated_EK=np.array([[2, 6, 3]]),
+                       prompt_len_E=np.array([lp]))
+  c = search.mc_bon_compute(smp, 3, tok, v1)
+  assert c.verifier_tokens == 0
+  assert c.prefilled_tokens == lp + tok[0, :, 0].sum() + lp
+  assert c.generated_tokens == 11 + tok[0, :, 1].sum() + v1[0, 1]
+
+
+def test_logprob_scores_mean_and_sum():
+  smp = search.Samples(
+      responses=[[[]] * 2], finished=np.ones((1, 2), bool),
+      correct=np.array([[0.0, 1.0]]), answers=[[None] * 2],
+      generated_EK=np.array([[2, 8]]), prompt_len_E=np.array([5]),
+      logprob_EK=np.array([[-2.0, -4.0]]))
+  np.testing.assert_allclose(search.logprob_scores(smp, "sum"), [[-2, -4]])
+  np.testing.assert_allclose(search.logprob_scores(smp, "mean"),
+                             [[-1.0, -0.5]])
+  # Sum favours the short sample, mean the long (correct) one.
+  assert search.best_of_n(search.logprob_scores(smp, "sum"),
+                          smp.correct, 2) == 0.0
+  assert search.best_of_n(search.logprob_scores(smp, "mean"),
+                          smp.correct, 2) == 1.0
+  with pytest.raises(ValueError):
+    search.logprob_scores(smp, "max")

@@ -33,6 +33,7 @@ from pav_jax.search.bon import aggregate_steps
 from pav_jax.search.bon import bon_compute
 from pav_jax.search.bon import draw_samples
 from pav_jax.search.bon import logprob_scores
+from pav_jax.search.bon import mc_bon_compute
 from pav_jax.search.bon import pav_min_scores
 from pav_jax.search.bon import score_samples
 from pav_jax.search.comparison import SearchSettings
@@ -66,6 +67,7 @@ __all__ = [
     "logprob_scores",
     "majority_pick",
     "majority_vote",
+    "mc_bon_compute",
     "MCScorer",
     "pass_at_n",
     "pav_min_scores",

@@ -190,3 +190,17 @@ def bon_compute(samples: Samples, n: int, verifiers: int) -> Compute:
   return Compute(prefilled_tokens=plen, generated_tokens=gen,
                  verifier_tokens=verifiers * (plen + gen))
 
+
+
+def mc_bon_compute(samples: Samples, n: int, tokens_EK2: np.ndarray,
+                   v1_tokens_E2: np.ndarray) -> Compute:
+  """`bon_compute` (no verifier) plus the MC scorer's policy tokens: each
+  sample's prefixes ([..., 0] prefilled, [..., 1] sampled; summed over a
+  group of n, averaged) and V(s_1) once per problem."""
+  p, k = samples.correct.shape
+  g = metrics.groups(k, n)
+  grp = tokens_EK2[:, : g * n].reshape(p, g, n, 2).sum(2).mean((0, 1))
+  v1 = v1_tokens_E2.mean(0)
+  c = bon_compute(samples, n, 0)
+  return Compute(c.prefilled_tokens + grp[0] + v1[0],
+                 c.generated_tokens + grp[1] + v1[1], 0.0)

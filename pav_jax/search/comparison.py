@@ -12,8 +12,9 @@ Method names:
   wmaj_prm_min, wmaj_pav_min (the effective reward clipped at 0: it can be
   negative);
   beam search with the learned verifier: prm_q_beam, pav_beam;
-  beam search with the test-time MC scorer (`c.search.mc_rollouts` > 0, no
-  learned model, its rollouts charged as policy compute): mc_q_beam,
+  the test-time MC scorer (`c.search.mc_rollouts` > 0, no learned model,
+  its rollouts charged as policy compute): mc_min_bon (min over a sample's
+  step prefixes of Q̂, `mc_scorer.MCScorer.bon_scores`), mc_q_beam,
   mc_pav_beam.
 """
 
@@ -97,6 +98,12 @@ def make_search_sampler(run: run_lib.Run, graphdef, settings: SearchSettings,
   return run.sampler(graphdef, cache_size=cache)
 
 
+def _mc_scorer(settings: SearchSettings, task, tok, examples) -> MCScorer:
+  return MCScorer(
+      grade=lambda i, ids: task.grade(examples[i], tok.decode(ids)),
+      n=settings.mc_rollouts, max_new_tokens=settings.max_new_tokens)
+
+
 def _grade(task, tok, examples, responses) -> np.ndarray:
   return np.array([task.grade(ex, tok.decode(r))
                    for ex, r in zip(examples, responses)], np.float64)
@@ -176,6 +183,17 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
         add(name, n, metrics.weighted_majority_vote(smp.answers, s,
                                                     smp.correct, n),
             bon.bon_compute(smp, n, 1), ver)
+    if settings.mc_rollouts > 0:
+      t2 = time.time()
+      scorer = _mc_scorer(settings, task, tok, examples)
+      mc_s, mc_tok, mc_v1 = scorer.bon_scores(
+          sampler, policy_params, prompts, smp.responses, tok.step_id,
+          jax.random.fold_in(rng, 2), batch_prefixes=max(
+              1, settings.batch_rows // settings.mc_rollouts))
+      for n in ns:
+        add("mc_min_bon", n, metrics.best_of_n(mc_s, smp.correct, n),
+            bon.mc_bon_compute(smp, n, mc_tok, mc_v1), None)
+      log.info("MC best-of-N scores in %.0f s", time.time() - t2)
     log.info("best-of-N: %d x %d samples in %.0f s", p, k, time.time() - t1)
 
   beams = []  # (method name, mode, scorer, verifier name for FLOPs)
@@ -184,9 +202,7 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
     beams += [({"q": "prm_q_beam", "pav": "pav_beam"}[mode], mode, cv,
                "prm_q") for mode in settings.beam_modes]
   if settings.mc_rollouts > 0:
-    mc = MCScorer(
-        grade=lambda i, ids: task.grade(examples[i], tok.decode(ids)),
-        n=settings.mc_rollouts, max_new_tokens=settings.max_new_tokens)
+    mc = _mc_scorer(settings, task, tok, examples)
     beams += [({"q": "mc_q_beam", "pav": "mc_pav_beam"}[mode], mode, mc, None)
               for mode in settings.beam_modes]
   for name, mode, scorer, ver in beams:

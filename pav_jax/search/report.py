@@ -83,14 +83,19 @@ def summarise(results: dict) -> dict:
     need = need if ref_acc > 0 else None
     out["pav_vs_prm_q_beam_compute_ratio"] = (
         None if need is None else ref_f / need)
+  for name in ("mc_pav_beam", "wmaj_orm", "logprob_bon", "majority"):
+    if name in m and "pav_beam" in m:
+      out[f"pav_beam_minus_{name}_at_max_n"] = (
+          m["pav_beam"]["acc"][-1] - m[name]["acc"][-1])
   if "orm_bon" in m and "prm_last_bon" in m:
     out["prm_last_vs_orm_at_max_n"] = (
         m["prm_last_bon"]["acc"][-1] - m["orm_bon"]["acc"][-1])
   return out
 
 
-PLOT_METHODS = ("pass@N", "majority", "orm_bon", "prm_last_bon", "prm_q_beam",
-                "pav_beam")
+PLOT_METHODS = ("pass@N", "majority", "logprob_bon", "wmaj_orm", "orm_bon",
+                "prm_last_bon", "prm_q_beam", "pav_beam", "mc_q_beam",
+                "mc_pav_beam")
 
 
 def _pyplot():

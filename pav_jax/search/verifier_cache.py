@@ -54,6 +54,14 @@ class CachedVerifier:
   `extend(tokens_BW, length_B, pos0_B, cache) -> (value_B, cache)` with a
   cache pytree whose per-row leaves lead with the batch axis (tests plug in
   scripted scorers through the same interface).
+
+  Where the value is read: at the last token of what was fed, i.e. at the
+  step delimiter that closes the new step (or at EOS), as
+  `verifier.prefix_values` does for a whole trace. The paper appends a
+  scoring token instead; reading the delimiter scores every prefix in one
+  causal pass without inserting tokens, since the delimiter already closes
+  each prefix. The tokenizer's `<score>` id (`tok.score_id`) stays reserved
+  and unused (docs/deviations.md, row 4).
   """
 
   def __init__(self, graphdef, params):
