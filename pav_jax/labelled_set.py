@@ -15,7 +15,9 @@ prompt_index_N, q_NP, succ_NP, count_NP, mask_NP (+ q_mu_NP, succ_mu_NP);
 layout as in `advantages` (q_NP[:, 0] = V(s_1)).
 
 A set whose budget records rollouts cut by a full KV cache
-(`budget.cache_full` > 0, Q̂ biased) is refused by `load_labelled`.
+before the response budget (`budget.cache_full_biased` > 0, Q̂ biased) is
+refused by `load_labelled` (sets made before that count was kept carry
+only `cache_full`, every cache stop, and load as before).
 
 Multi-host: every process computes the shards; only process 0 writes
 (`is_writer`), and `sync` makes the others wait for it.
@@ -150,8 +152,8 @@ def add_shard(directory: Path, manifest: dict, i: int, arrays: dict,
       "sha256": sha256(data), "prompts": list(prompts),
       "rows": int(len(arrays["tokens_NT"])),
       "prefixes": int(arrays["mask_NP"].sum()), "budget": budget}
-  manifest["budget"] = {k: sum(s["budget"][k] for s in shards.values())
-                        for k in budget}
+  manifest["budget"] = {k: sum(s["budget"].get(k, 0)
+                            for s in shards.values()) for k in budget}
   manifest["complete"] = len(shards) == num_chunks
   manifest["counts"] = {
       "prompts": sum(s["prompts"][1] - s["prompts"][0]
@@ -183,12 +185,13 @@ def load_labelled(directory: str | Path, expect: dict | None = None) -> dict:
     raise LabelledSetError(
         f"labelled set {directory} is incomplete ({len(m['shards'])} "
         "shards): rerun labelling to finish it")
-  cache_full = int(m.get("budget", {}).get("cache_full", 0))
+  cache_full = int(m.get("budget", {}).get("cache_full_biased", 0))
   if cache_full:
     raise LabelledSetError(
         f"labelled set {directory} has {cache_full} rollouts cut by a full KV "
-        "cache (budget.cache_full): its Q̂ is biased. Raise "
-        "`label.cache_size` and relabel into a fresh directory.")
+        "cache before the response budget (budget.cache_full_biased): its Q̂ "
+        "is biased. Raise `label.cache_size` and relabel into a fresh "
+        "directory.")
   parts = []
   for name in sorted(m["shards"]):
     path = directory / name

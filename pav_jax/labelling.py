@@ -225,8 +225,9 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
     ended_eos = running & (stops == sampler_lib.EOS)
     stepped = running & (stops == sampler_lib.STEP_END) & ~over
     # A seed cut by the cache before the response budget is biased.
-    budget.cache_full += int((running & (stops == sampler_lib.CACHE_FULL)
-                              & ~over).sum())
+    full = running & (stops == sampler_lib.CACHE_FULL)
+    budget.cache_full += int(full.sum())
+    budget.cache_full_biased += int((full & ~over).sum())
     # An EOS-closed step is a prefix whose value is the outcome (exact).
     for r in np.flatnonzero(ended_eos):
       if len(resp[r]) <= cfg.max_new_tokens:
@@ -307,7 +308,8 @@ def label_dataset(directory: str | Path, sampler, params,
   `identity` (JSON-able: tokenizer sha256, step/eos ids, policy checkpoint,
   prover ...) must match an existing manifest. `max_chunks` stops after that
   many *new* chunks (simulates an interruption in tests). A chunk whose
-  rollouts were cut by a full KV cache (`Budget.cache_full` > 0: Q̂ biased)
+  rollouts were cut by a full KV cache before the response budget
+  (`Budget.cache_full_biased` > 0: Q̂ biased)
   raises `mc_values.CacheFullError` naming `cache_key`. Every process
   labels; process 0 alone writes shards and the manifest.
   """
@@ -331,7 +333,7 @@ def label_dataset(directory: str | Path, sampler, params,
     arrays, b = label_chunk(sampler, params, prompts[lo:lo + chunk], grade,
                             jax.random.fold_in(key, i), cfg, prover, lo)
     # Checked before the shard is written: a biased shard is never kept.
-    mc_values.check_cache_full(b.cache_full, f"labelling chunk {i} of "
+    mc_values.check_cache_full(b.cache_full_biased, f"labelling chunk {i} of "
                                f"{directory}", cache_key)
     manifest = labelled_set.add_shard(
         directory, manifest, i, arrays,
@@ -373,7 +375,7 @@ def run_label(run: run_lib.Run) -> dict:
       prover_checkpoint=lc.prover_checkpoint, task=config.task.name,
       seed=run.seed)
   summary, md = {}, ["| split | prompts | rollouts | prefixes | sampled tok | "
-                     "prefilled tok | MC rollouts | cache full | "
+                     "prefilled tok | MC rollouts | cache full (biased) | "
                      "mean Q̂(s_1) | outcome | s |",
                      "|---|---|---|---|---|---|---|---|---|---|---|"]
   for split, task_split, num, stream in (
@@ -392,12 +394,14 @@ def run_label(run: run_lib.Run) -> dict:
                       "mean_v1": float(data["q_NP"][:, 0].mean()),
                       "outcome": float(data["outcome_N"].mean()),
                     "cache_full": int(b.get("cache_full", 0)),
+                    "cache_full_biased": int(b.get("cache_full_biased", 0)),
                       "seconds": time.time() - t0}
     print(f"label/{split}: {m['counts']} budget {b}")
     md.append(f"| {split} | {m['counts']['prompts']} | {m['counts']['rollouts']} | "
               f"{m['counts']['prefixes']} | {b['sampled_tokens']} | "
               f"{b['prefilled_tokens']} | {b['mc_rollouts']} | "
-              f"{summary[split]['cache_full']} | "
+              f"{summary[split]['cache_full']} "
+              f"({summary[split]['cache_full_biased']}) | "
               f"{summary[split]['mean_v1']:.3f} | {summary[split]['outcome']:.3f} | "
               f"{summary[split]['seconds']:.0f} |")
   summary["report_md"] = (

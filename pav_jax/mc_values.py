@@ -15,8 +15,9 @@ decoding it step by step (the equality tests rely on it).
 
 A continuation that stops because the KV cache is full is graded on a
 truncated text (Q̂ biased towards 0) unless the response already reached
-max_new_tokens; such rollouts are counted in `Budget.cache_full`, and the
-callers refuse to use them (`check_cache_full`).
+max_new_tokens. `Budget.cache_full` counts every rollout stopped by a full
+cache, `Budget.cache_full_biased` those cut before the response budget; the
+callers refuse the latter (`check_cache_full`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ class McSettings:
 class Budget:
   """Compute spent: tokens sampled, prompt/prefix tokens prefilled, rollouts.
 
-  `cache_full` counts rollouts stopped by a full KV cache before the response
-  budget: their grade (and so Q̂) is biased.
+  `cache_full` counts rollouts stopped by a full KV cache (reported);
+  `cache_full_biased` those of them cut before the response budget: their
+  grade (and so Q̂) is biased.
   """
 
   sampled_tokens: int = 0
@@ -64,6 +66,7 @@ class Budget:
   seed_rollouts: int = 0
   mc_rollouts: int = 0
   cache_full: int = 0
+  cache_full_biased: int = 0
   seconds: float = 0.0
 
   def add(self, other: "Budget") -> None:
@@ -128,8 +131,9 @@ def _count(budget: Budget, lens, stops, resp_A, n_mc: int,
   budget.sampled_tokens += int(lens[:n_real].sum())
   budget.mc_rollouts += n_real
   have_R = np.repeat([len(r) for r in resp_A], n_mc) + lens[:n_real]
-  budget.cache_full += int(((stops[:n_real] == sampler_lib.CACHE_FULL)
-                            & (have_R < max_new_tokens)).sum())
+  full_R = stops[:n_real] == sampler_lib.CACHE_FULL
+  budget.cache_full += int(full_R.sum())
+  budget.cache_full_biased += int((full_R & (have_R < max_new_tokens)).sum())
 
 
 def continue_forked(sampler, params, state, rows_A, resp_A, prompt_A, keys,

@@ -278,8 +278,8 @@ def test_cache_full_fails_loudly_and_is_reported(tmp_path):
   s = sampler_lib.Sampler(gd, cfg, cache_size=96, eos_id=EOS, step_id=STEP,
                           pad_id=PAD)
   m = _run(tmp_path / "ok", s, params, prompts, lc, ident)
-  assert m["budget"]["cache_full"] == 0
-  m["budget"]["cache_full"] = 3
+  assert m["budget"]["cache_full_biased"] == 0
+  m["budget"]["cache_full_biased"] = 3
   (tmp_path / "ok" / "manifest.json").write_text(json.dumps(m))
   with pytest.raises(labelled_set.LabelledSetError, match="label.cache_size"):
     labelled_set.load_labelled(tmp_path / "ok")

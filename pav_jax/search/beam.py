@@ -327,7 +327,8 @@ def _mc_values(scorer, sampler, params, state, rows_A, resp_A, prob_A, key,
   q_A = scorer.q_rows(sampler, params, state, rows_A, resp_A, prob_A,
                       mc_values.mc_keys(key, h, rows_A, scorer.n), total_rows,
                       budget)
-  mc_values.check_cache_full(budget.cache_full, "MC scorer in beam search",
+  mc_values.check_cache_full(budget.cache_full_biased,
+                             "MC scorer in beam search",
                              "search.max_steps / search.max_step_tokens "
                              "(the search sampler's cache)")
   compute.prefilled_tokens += float(budget.prefilled_tokens)

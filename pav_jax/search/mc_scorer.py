@@ -115,7 +115,8 @@ class MCScorer:
           [e for e, *_ in part], keys, batch_prefixes, budget, sampled)
       toks[lo:lo + len(part), 0] = [len(x) for x in prefixes]
       toks[lo:lo + len(part), 1] = sampled
-    mc_values.check_cache_full(budget.cache_full, "MC scorer in best-of-N",
+    mc_values.check_cache_full(budget.cache_full_biased,
+                               "MC scorer in best-of-N",
                                "sample.max_new_tokens (the search sampler's "
                                "cache)")
     score_EK = np.full((e_n, k_n), np.inf)
