@@ -85,8 +85,10 @@ class MCScorer:
     Args:
       prompts: E token lists; responses: [E][K] (EOS excluded).
       step_id: the step delimiter.
-      rng: key of the rollouts (prefix (e, k, h) uses mc_keys(fold_in(rng,
-        e * K + k), h, [0], n); V(s_1) of problem e: row K).
+      rng: key of the rollouts: prefix h of sample (e, k) uses
+        mc_keys(fold_in(rng, e * (K + 1) + k), h, [0], n); V(s_1) of problem
+        e uses k = K, h = 0.
+      batch_prefixes: prefixes per decode batch (each forked n).
 
     Returns:
       (score_EK, tokens_EK2, v1_tokens_E2): scores; policy tokens spent on
