@@ -120,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.verifier.batch_size = 32
   c.verifier.learning_rate = 1e-3
   c.verifier.a_direct = False  # also regress A^mu directly (beyond paper)
+  c.verifier.ckpt_every = 100
 
   # --- Search: best-of-N and step-level beam search (search/) ---
   c.search = ml_collections.ConfigDict()

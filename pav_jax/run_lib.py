@@ -26,6 +26,7 @@ historical ones, so results are unchanged.
 """
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from pav_jax import config as config_lib
 from pav_jax import defaults
+from pav_jax import identity
 from pav_jax import sampler as sampler_lib
 from pav_jax import tasks as tasks_lib
 from pav_jax import tokenizer as tok_lib
@@ -163,18 +165,33 @@ def make_task(config):
 
 
 def get_tokenizer(config, workdir: Path, task) -> tok_lib.Tokenizer:
-  """The configured tokenizer, or one trained on the task's train corpus."""
+  """The configured tokenizer, or one trained on the task's train corpus.
+
+  A trained tokenizer records the settings it was trained with in
+  `tokenizer.json` beside it; reusing it with another `tokenizer.vocab_size`
+  stops (it would silently keep the old vocabulary).
+  """
   if config.tokenizer.path:
     return tok_lib.Tokenizer.load(config.tokenizer.path)
   path = workdir / "tokenizer.model"
+  sidecar = workdir / "tokenizer.json"
+  want = {"vocab_size": int(config.tokenizer.vocab_size),
+          "task": config.task.name}
   if path.exists():
+    if sidecar.exists():
+      identity.check(
+          json.loads(sidecar.read_text()), want,
+          what=f"the tokenizer trained in {path}",
+          how_to_fix=("restore the old tokenizer settings, or use a new "
+                      "--workdir (a new vocabulary invalidates every stage)"))
     return tok_lib.Tokenizer.load(path)
-  exs = task.examples("train", min(config.task.num_train, 5000),
-                      seed=config.seed)
+  exs = task.examples("train", min(config.task.num_train, 5000), seed=config.seed)
   texts = [task.prompt(e) + e.solution for e in exs]
   workdir.mkdir(parents=True, exist_ok=True)
-  return tok_lib.train_tokenizer(texts, workdir / "tokenizer",
-                                 config.tokenizer.vocab_size)
+  tok = tok_lib.train_tokenizer(texts, workdir / "tokenizer",
+                                config.tokenizer.vocab_size)
+  train_lib.write_json_atomic(sidecar, want)
+  return tok
 
 
 def pav_settings(config) -> Pav:

@@ -272,6 +272,14 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
 # The stage -------------------------------------------------------------------------
 
 
+def _identity_sections(config) -> dict:
+  """The config a verifier's checkpoints are made from (resume compares it):
+  not the search / RL / eval settings, which may change mid-training."""
+  c = config.to_dict()
+  return {k: c[k] for k in ("seed", "task", "tokenizer", "model", "sft",
+                            "label", "verifier", "pav") if k in c}
+
+
 def run_verifiers(run: run_lib.Run) -> dict:
   """Stage "verifiers": train ORM, PRM-Q (+Q^mu, A-direct), export, evaluate."""
   t0 = time.time()
@@ -289,7 +297,7 @@ def run_verifiers(run: run_lib.Run) -> dict:
   if vc.a_direct:
     kinds.append("a_direct")
   out_dir = run.stage_dir("verifiers")
-  preds, summary = {}, {"kinds": kinds}
+  preds, summary, notes = {}, {"kinds": kinds}, []
   for kind in kinds:
     arrays = training_arrays(train_data, kind, k,
                              config.label.get("first_pit_high", 0.0))
@@ -298,8 +306,13 @@ def run_verifiers(run: run_lib.Run) -> dict:
         model_cfg=run.model_cfg, mesh=run.mesh, policy_params=policy_params,
         steps=vc.steps, batch_size=vc.batch_size, learning_rate=vc.learning_rate,
         step_id=tok.step_id, eos_id=tok.eos_id, seed=config.seed,
-        config_dict=config.to_dict())
+        ckpt_every=vc.ckpt_every, config_dict=_identity_sections(config))
     ckpt_lib.save_params(out_dir / kind / "params", params)
+    dead = train_lib.read_train_summary(out_dir / kind) or {}
+    if dead.get("dead_gradient"):
+      summary[f"{kind}/dead_gradient"] = True
+      notes.append(f"**Warning: verifier `{kind}` did not train** "
+                      f"({dead.get('dead_reason', 'no gradient')}).")
     ev_kind = ("prm_q" if kind == "q_mu" and "q_mu_NP" not in eval_data
                else kind)
     ev_arrays = training_arrays(eval_data, ev_kind, k)
@@ -316,5 +329,6 @@ def run_verifiers(run: run_lib.Run) -> dict:
       f"Verifiers ({', '.join(kinds)}), {vc.steps} steps each, evaluated on "
       f"{summary['eval_rows']} held-out rollouts; PAV = Q̂^π + {alpha}·Â^μ with "
       f"μ = Bo{k:g}(π) (Fig. 10 thresholds tuned per step on even prompts, "
-      "errors on odd ones).\n\n" + md)
+      "errors on odd ones).\n\n" + "".join(w + "\n\n" for w in notes)
+      + md)
   return summary
