@@ -153,6 +153,42 @@ def base_config() -> ml_collections.ConfigDict:
   # parts (set False to keep c.pav.alpha).
   c.search.use_swept_alpha = True
 
+  # --- Online RL with dense PAV rewards (rl_stage.py, train_rl.py) ---
+  c.rl = ml_collections.ConfigDict()
+  c.rl.init = "rft"  # "rft": SFT on label/train's correct seeds; "sft"
+  c.rl.rft_steps = 150
+  c.rl.rft_learning_rate = 1e-3
+  c.rl.iterations = 30
+  c.rl.prompts_per_iter = 8
+  c.rl.samples_per_prompt = 4  # rollout batch = prompts_per_iter * this
+  c.rl.num_prompts = 512  # train prompt pool (stream rl_prompts)
+  c.rl.seed = 0  # RL seed: rollouts and prompt order (eval keys fixed)
+  c.rl.alpha = 1.0  # dense weight (0 = ORM-RL); chosen on validation
+  c.rl.dense = "advantage"  # "advantage" (A^mu) or "q" (Q^mu, App. G)
+  c.rl.scorer = "pav"  # "pav" (prm_q + BoK prover), "mc", "none"
+  c.rl.estimator = "value"  # policy_gradient.ESTIMATORS key
+  c.rl.kl_coef = 1e-3
+  c.rl.value_coef = 1.0
+  c.rl.policy_lr = 1e-4
+  c.rl.value_lr = 1e-3
+  c.rl.warmup_steps = 3
+  c.rl.grad_clip = 1.0
+  c.rl.temperature = 1.0
+  c.rl.max_prompt_len = 32
+  c.rl.max_new_tokens = 0  # 0 = c.sample.max_new_tokens
+  c.rl.max_steps = 12  # step slots; tokens of later steps get no gradient
+  c.rl.mc_samples = 4  # continuations per prefix (scorer "mc")
+  c.rl.eval_split = "test"
+  c.rl.eval_prompts = 64
+  c.rl.eval_samples = 4  # pass@1 from this many samples per prompt
+  c.rl.eval_every = 10
+  c.rl.passn_max = 16  # final pass@1..16, init vs final; 0 = off
+  c.rl.passn_prompts = 64
+  c.rl.ckpt_every = 10
+  c.rl.log_every = 1
+  c.rl.kill_at_step = -1  # fault injection (tests only)
+  c.rl.out_dir = ""  # "" = <workdir>/rl
+
   c.rft = ml_collections.ConfigDict()
   c.rft.enabled = False
   c.rft.num_prompts = 512

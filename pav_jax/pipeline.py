@@ -2,6 +2,7 @@
 
   sft ──> <workdir>/sft/params ──> label ──> <workdir>/label/{train,eval}
       ──> verifiers ──> <workdir>/verifiers/<kind>/params ──> search
+      ──> rl (init from sft/params + label/train, scored by prm_q)
 
 Each stage is a function `run_<stage>(run: run_lib.Run) -> dict` that reads
 what earlier stages wrote in the workdir; stages never import one another.
@@ -21,6 +22,7 @@ import jax
 from pav_jax import identity
 from pav_jax import labelling
 from pav_jax import report
+from pav_jax import rl_stage
 from pav_jax import run_lib
 from pav_jax import train_lib
 from pav_jax import train_policy
@@ -36,6 +38,7 @@ STAGES: dict[str, Callable[[run_lib.Run], dict]] = {
     "label": labelling.run_label,
     "verifiers": train_verifier.run_verifiers,
     "search": search_stage.run_search,
+    "rl": rl_stage.run_rl,
 }
 
 
@@ -47,6 +50,8 @@ def done_path(config, workdir: Path, name: str) -> Path:
   """
   if name == "search" and config.search.out_dir:
     return Path(config.search.out_dir) / "DONE.json"
+  if name == "rl" and config.rl.out_dir:
+    return Path(config.rl.out_dir) / "DONE.json"
   return workdir / name / "DONE.json"
 
 

@@ -52,6 +52,9 @@ STREAMS = {
     "search": 7,  # test-time search (best-of-N samples, beams)
     "label_train": 11,  # train labelled set (prompts and rollouts)
     "label_eval": 13,  # held-out labelled set
+    "rl": 17,  # RL rollouts (the RL state's key; + 1000 * c.rl.seed)
+    "rl_prompts": 19,  # RL: the train prompt pool and its order
+    "rl_eval": 23,  # RL: held-out evaluation samples (same for every arm)
 }
 
 

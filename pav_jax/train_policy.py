@@ -1,8 +1,7 @@
 """SFT (and RFT) of the base policy: masked next-token cross-entropy.
 
-The trainer, big_vision style, is one function cut into phases: tokenizer,
-data, model and optimizer, sharded state, step, loop (with checkpoints and
-resume), evaluation. It writes into `<workdir>/sft/`:
+The trainer core (data, sharded state, step, resumable loop) lives in
+`sft_lib`, shared with the rl stage's RFT init. This stage writes into `<workdir>/sft/`:
   checkpoints/, metrics.jsonl, tb/, params/ (export), eval.json, DONE.json.
 """
 
@@ -14,60 +13,20 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
-import numpy as np
 
 from pav_jax import checkpoint as ckpt_lib
 from pav_jax import config as config_lib
 from pav_jax import hf_gemma
-from pav_jax import losses
 from pav_jax import rollouts
 from pav_jax import run_lib
-from pav_jax import sharding as sharding_lib
-from pav_jax import tokenizer as tok_lib
-from pav_jax import train_lib
+from pav_jax import sft_lib
 from pav_jax import transformer
 
 log = logging.getLogger(__name__)
 
-
-# Data ------------------------------------------------------------------------
-
-
-def encode_sft(tok: tok_lib.Tokenizer, prompts: Sequence[str],
-               responses: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
-  """BOS + prompt + response + EOS, right-padded; loss on response + EOS."""
-  rows, masks = [], []
-  dropped = 0
-  for p, r in zip(prompts, responses):
-    p_ids = tok.encode(p, bos=True)
-    r_ids = tok.encode(r, eos=True)
-    if len(p_ids) + len(r_ids) > max_len:
-      dropped += 1
-      continue
-    rows.append(p_ids + r_ids)
-    masks.append([0] * len(p_ids) + [1] * len(r_ids))
-  if not rows:
-    raise ValueError(f"no example fits max_len={max_len} tokens: raise it")
-  if dropped:
-    log.warning("dropped %d/%d examples longer than max_len=%d",
-                dropped, len(prompts), max_len)
-  tokens = np.full((len(rows), max_len), tok.pad_id, np.int32)
-  mask = np.zeros((len(rows), max_len), np.int32)
-  valid = np.zeros((len(rows), max_len), bool)
-  for i, (r, m) in enumerate(zip(rows, masks)):
-    tokens[i, : len(r)] = r
-    mask[i, : len(m)] = m
-    valid[i, : len(r)] = True
-  return {"tokens": tokens, "loss_mask": mask, "valid": valid}
-
-
-def sft_loss(graphdef, params, batch, rng):
-  del rng
-  valid = batch["valid"]
-  logits, _ = transformer.forward(
-      graphdef, params, batch["tokens"], transformer.positions_from_mask(valid), valid)
-  loss, n = losses.next_token_xent(logits, batch["tokens"], batch["loss_mask"])
-  return loss, {"target_tokens": n}
+# Re-exported: the trainer core lives in sft_lib (shared with the rl stage).
+encode_sft = sft_lib.encode_sft
+sft_loss = sft_lib.sft_loss
 
 
 # Initial params ------------------------------------------------------------------
@@ -98,41 +57,11 @@ def load_init_params(path: str, model_cfg: config_lib.ModelConfig):
 def train_stage(run: run_lib.Run, *, stage: str, prompts: Sequence[str],
                 responses: Sequence[str], steps: int, learning_rate: float,
                 init_params=None):
-  """Fine-tunes the policy on (prompt, response) pairs; returns params."""
-  config = run.config
-  sft = config.sft
-  data = encode_sft(run.tok, prompts, responses, sft.max_len)
-  log.info("%s: %d sequences of <= %d tokens", stage, len(data["tokens"]), sft.max_len)
-  tx = train_lib.make_optimizer(train_lib.OptimConfig(
-      learning_rate=learning_rate, warmup_steps=min(sft.warmup_steps, steps // 10 + 1),
-      total_steps=steps, weight_decay=sft.weight_decay, grad_clip=sft.grad_clip))
-  state, shardings, graphdef = train_lib.init_state(
-      lambda: transformer.create(run.model_cfg, seed=config.seed), tx, run.mesh,
-      config.seed)
-  if init_params is not None:
-    state["params"] = jax.device_put(init_params, shardings["params"])
-  step_fn = train_lib.make_train_step(graphdef, sft_loss, tx, shardings, run.mesh)
-  sampler = run.sampler(graphdef)
-  val = run.examples("validation", config.eval.num_prompts)
-
-  def eval_fn(step, params):  # periodic: validation prompts, fewer samples
-    k = min(4, config.eval.samples_per_prompt)
-    return rollouts.evaluate_policy(
-        sampler, params, run.task, run.tok, val, k=k,
-        max_new_tokens=config.sample.max_new_tokens,
-        rng=jax.random.key(step), batch_rows=config.eval.batch_rows).metrics
-
-  state = train_lib.fit(
-      stage_dir=run.stage_dir(stage), state=state, state_shardings=shardings,
-      train_step=step_fn,
-      batch_fn=run_lib.batch_fn(data, sft.batch_size, config.seed),
-      loop=train_lib.LoopConfig(
-          num_steps=steps, ckpt_every=sft.ckpt_every, log_every=sft.log_every,
-          eval_every=sft.eval_every, kill_at_step=sft.kill_at_step),
-      eval_fn=eval_fn,
-      config_dict=config.to_dict(), desc=stage,
-      batch_sharding=sharding_lib.batch_sharding(run.mesh))
-  return graphdef, state["params"]
+  """Fine-tunes the policy on (prompt, response) pairs; (graphdef, params)."""
+  data = sft_lib.encode_sft(run.tok, prompts, responses, run.config.sft.max_len)
+  return sft_lib.train(run, stage=stage, data=data, steps=steps,
+                       learning_rate=learning_rate, init_params=init_params,
+                       kill_at_step=run.config.sft.kill_at_step)
 
 
 def _evaluate_test(run: run_lib.Run, sampler, params, test):
