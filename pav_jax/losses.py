@@ -46,3 +46,26 @@ def sigmoid_bce(logits: jax.Array, targets: jax.Array, mask: jax.Array,
   if weights is not None:
     mask = mask.astype(jnp.float32) * weights
   return masked_mean(losses, mask)
+
+
+def pairwise_ranking(logits_BP: jax.Array, targets_BP: jax.Array,
+                     mask_BP: jax.Array, group_B: jax.Array,
+                     margin: float = 0.25) -> jax.Array:
+  """Bradley-Terry loss over pairs of prefixes of one question (group).
+
+  Every ordered pair (i, j) of masked entries whose rows share a group and
+  whose targets differ by >= margin (t_i - t_j >= margin) contributes
+  softplus(-(logit_i - logit_j)) = -log sigmoid(logit_i - logit_j); the
+  loss is the mean over such pairs (0 when there are none). Ranking within
+  a question is what best-of-N and beam search need; a pointwise BCE can be
+  lowered by learning question difficulty alone.
+  """
+  p = logits_BP.shape[1]
+  l_F = logits_BP.astype(jnp.float32).reshape(-1)
+  t_F = targets_BP.astype(jnp.float32).reshape(-1)
+  m_F = mask_BP.astype(bool).reshape(-1)
+  g_F = jnp.repeat(group_B, p)
+  pair_FF = ((g_F[:, None] == g_F[None, :]) & m_F[:, None] & m_F[None, :]
+             & (t_F[:, None] - t_F[None, :] >= margin))
+  loss_FF = jax.nn.softplus(-(l_F[:, None] - l_F[None, :]))
+  return masked_mean(loss_FF, pair_FF)
