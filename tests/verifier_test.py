@@ -1,4 +1,5 @@
-"""Verifier: one-pass step scores == per-prefix forward scores."""
+"""Verifier: one-pass step scores == per-prefix forward scores; the
+log-prob-feature design == a hand computation; cached == one pass."""
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +14,31 @@ CFG = config_lib.ModelConfig.tiny(vocab_size=40).replace(
     num_layers=2, embed_dim=32, hidden_dim=64, head_dim=8, sliding_window=6)
 
 
-def _params():
-  graphdef, state = jax.tree.map(lambda x: x, transformer.split(verifier.create(CFG, 1)))
+def _params(design="head"):
+  graphdef, state = transformer.split(verifier.create(CFG, 1, design=design))
   state["head_D"] = jax.random.normal(jax.random.key(0), state["head_D"].shape)
+  if design == "lp_features":
+    state["lp_w"] = jnp.array([0.3, 0.7])
   return graphdef, state
+
+
+def _rows(n=3, seed=0):
+  """Random BOS + prompt + STEP + steps (last ends with EOS), right-padded."""
+  rng = np.random.default_rng(seed)
+  rows, plens = [], []
+  for b in range(n):
+    prompt = [1] + rng.integers(5, 40, 3 + b).tolist() + [STEP]
+    resp = []
+    for _ in range(2 + b):
+      resp += rng.integers(5, 40, rng.integers(1, 4)).tolist() + [STEP]
+    resp[-1] = EOS
+    rows.append(prompt + resp)
+    plens.append(len(prompt))
+  t = max(map(len, rows)) + 2
+  tok = np.full((n, t), PAD, np.int32)
+  for i, r in enumerate(rows):
+    tok[i, : len(r)] = r
+  return rows, plens, tok
 
 
 def test_boundaries_and_gather():
@@ -33,21 +55,9 @@ def test_boundaries_and_gather():
 
 
 def test_one_pass_equals_per_prefix_forward():
-  graphdef, params = _params()
-  rng = np.random.default_rng(0)
-  rows, plens = [], []
-  for b in range(3):
-    prompt = [1] + rng.integers(5, 40, 3 + b).tolist() + [STEP]
-    resp = []
-    for _ in range(2 + b):
-      resp += rng.integers(5, 40, rng.integers(1, 4)).tolist() + [STEP]
-    resp[-1] = EOS
-    rows.append(prompt + resp)
-    plens.append(len(prompt))
-  t = max(map(len, rows)) + 2
-  tok = np.full((3, t), PAD, np.int32)
-  for i, r in enumerate(rows):
-    tok[i, : len(r)] = r
+  graphdef, params = _params("head")
+  rows, plens, tok = _rows()
+  t = tok.shape[1]
   tok = jnp.asarray(tok)
   valid = tok != PAD
   v, m = verifier.prefix_values(graphdef, params, tok, valid, jnp.array(plens),
@@ -67,7 +77,7 @@ def test_one_pass_equals_per_prefix_forward():
 
 def test_cached_scoring_equals_full_pass():
   """Incremental scoring (new step only) with the verifier's own KV cache."""
-  graphdef, params = _params()
+  graphdef, params = _params("head")
   score = jax.jit(verifier.score, static_argnums=0)
   tok = jax.random.randint(jax.random.key(2), (2, 10), 5, 40)
   valid = jnp.ones_like(tok, bool)
@@ -87,3 +97,71 @@ def test_params_from_policy_share_backbone():
   logit, _ = verifier.score(graphdef, p, jnp.ones((1, 4), jnp.int32),
                             jnp.arange(4)[None], jnp.ones((1, 4), bool))
   np.testing.assert_array_equal(logit, 0.0)  # zero head: p = 0.5 everywhere
+
+
+def test_lp_feature_values_equal_a_hand_computation():
+  """q(question) + w1 * sum + w2 * min of the LM's response log-probs."""
+  graphdef, params = _params("lp_features")
+  rows, plens, tok = _rows(seed=1)
+  valid = tok != PAD
+  v, m = verifier.prefix_values(graphdef, params, jnp.asarray(tok),
+                                jnp.asarray(valid), jnp.array(plens),
+                                step_id=STEP, eos_id=EOS, num_prefixes=8)
+  pgd, _ = transformer.split(transformer.create(CFG))
+  head, _ = verifier.score(graphdef, params, jnp.asarray(tok),
+                           transformer.positions_from_mask(valid),
+                           jnp.asarray(valid))
+  for i, r in enumerate(rows):
+    one = jnp.asarray([r])
+    ok = jnp.ones_like(one, bool)
+    logits = np.asarray(transformer.forward(
+        pgd, params["backbone"], one, transformer.positions_from_mask(ok),
+        ok)[0][0], np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    q = float(head[i, plens[i] - 1])
+    ends = [plens[i] - 1] + [j for j in range(plens[i], len(r))
+                             if r[j] in (STEP, EOS)]
+    assert int(m[i].sum()) == len(ends)
+    for h, e in enumerate(ends):
+      lps = [logp[j - 1, r[j]] for j in range(plens[i], e + 1)]
+      want = q + 0.3 * sum(lps) + 0.7 * min(lps + [0.0])
+      np.testing.assert_allclose(v[i, h], 1 / (1 + np.exp(-want)), atol=1e-5)
+
+
+def test_lp_cached_extend_equals_one_pass():
+  """CachedVerifier: question, then one step per extend (as beam search)."""
+  from pav_jax.search import verifier_cache  # pylint: disable=g-import-not-at-top
+  graphdef, params = _params("lp_features")
+  rows, plens, tok = _rows(seed=2)
+  valid = tok != PAD
+  v, m = verifier.prefix_values(graphdef, params, jnp.asarray(tok),
+                                jnp.asarray(valid), jnp.array(plens),
+                                step_id=STEP, eos_id=EOS, num_prefixes=8)
+  cv = verifier_cache.CachedVerifier(graphdef, params)
+  n = len(rows)
+  ptok = np.full((n, max(plens)), PAD, np.int32)
+  for i, r in enumerate(rows):
+    ptok[i, : plens[i]] = r[: plens[i]]
+  cache = cv.init_cache(n, 48)
+  val, cache = cv.extend(ptok, np.array(plens), np.zeros(n, np.int32), cache)
+  np.testing.assert_allclose(val, v[:, 0], atol=1e-5)
+  steps = []
+  for i, r in enumerate(rows):
+    ends = [j for j in range(plens[i], len(r)) if r[j] in (STEP, EOS)]
+    starts = [plens[i]] + [e + 1 for e in ends[:-1]]
+    steps.append([r[s:e + 1] for s, e in zip(starts, ends)])
+  pos = np.array(plens)
+  for h in range(max(map(len, steps))):
+    new = np.full((n, 8), PAD, np.int32)
+    ln = np.zeros(n, np.int32)
+    for i, st in enumerate(steps):
+      if h < len(st):
+        new[i, : len(st[h])] = st[h]
+        ln[i] = len(st[h])
+    # Reorder rows through the cache API as the beam search does.
+    cache = verifier_cache.take_rows(cache, jnp.arange(n))
+    val, cache = cv.extend(new, ln, pos, cache)
+    pos = pos + ln
+    for i in range(n):
+      if ln[i]:
+        np.testing.assert_allclose(val[i], v[i, h + 1], atol=1e-5)

@@ -1,8 +1,20 @@
 """A verifier that reads each new step once, through a per-row KV cache.
 
 The beam search forks and gathers the verifier's cache rows with the
-policy's. `take_rows` / `fork_rows` are the row operations on a cache pytree
-(they move to the one KV-cache API of `pav_jax/kv_cache.py` later).
+policy's. The cache is a pytree whose leaves lead with the row axis, so
+`take_rows` / `fork_rows` are `kv_cache.take_rows` / `kv_cache.fork_rows`:
+
+  {"kv": the backbone's KV cache (`kv_cache.create`),
+   # the "lp_features" design (verifier.py) also carries, per row:
+   "started_B": the question has been read (later tokens are response),
+   "q_B": the head logit at the question's last token,
+   "lp_sum_B", "lp_min_B": running sum / min of the LM's log-probs of the
+       response tokens read so far (0 before any),
+   "last_logp_BV": log-softmax of the LM logits at the last token read:
+       the log-prob of the next step's first token needs them}
+
+so that the value after each step equals `verifier.prefix_values` of the
+whole trace in one pass.
 """
 
 from __future__ import annotations
@@ -11,40 +23,56 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from pav_jax import transformer
+from pav_jax import kv_cache
 from pav_jax import verifier as verifier_lib
 from pav_jax.search import compute as compute_lib
 
+take_rows = kv_cache.take_rows
+fork_rows = kv_cache.fork_rows
 
 
-def _extend(graphdef, params, tokens_BW, length_B, pos0_B, cache):
+def _extend(graphdef, params, tokens_BW, length_B, pos0_B, state):
   """Feeds up to W new tokens per row; value (sigmoid) at each row's last."""
   w = tokens_BW.shape[1]
   col_BW = jnp.arange(w, dtype=jnp.int32)[None, :]
   valid_BW = col_BW < length_B[:, None]
   pos_BW = pos0_B[:, None] + col_BW
-  logit_BW, cache = verifier_lib.score(graphdef, params, tokens_BW, pos_BW,
-                                       valid_BW, cache)
+  model = nnx.merge(graphdef, params)
+  logit_BW, lm_BWV, kv = model.outputs(tokens_BW, pos_BW, valid_BW,
+                                       state["kv"])
   last_B1 = jnp.maximum(length_B - 1, 0)[:, None]
-  logit_B = jnp.take_along_axis(logit_BW, last_B1, axis=1)[:, 0]
-  return jax.nn.sigmoid(logit_B), cache
-
-
-def take_rows(cache, rows_R: jax.Array):
-  """Gathers rows of a per-row cache pytree (scalars such as the shared
-  write index are kept)."""
-  return jax.tree.map(
-      lambda x: jnp.take(x, rows_R, axis=0) if x.ndim else jnp.copy(x), cache)
-
-
-def fork_rows(cache, n: int):
-  """Row b -> rows b*n .. b*n+n-1 (as `transformer.fork_cache`).
-
-  Scalars get their own buffer: `extend` donates the forked cache.
-  """
-  return jax.tree.map(
-      lambda x: jnp.repeat(x, n, axis=0) if x.ndim else jnp.copy(x), cache)
+  head_B = jnp.take_along_axis(logit_BW, last_B1, axis=1)[:, 0]
+  if model.design == "head":
+    return jax.nn.sigmoid(head_B), {"kv": kv}
+  started_B = state["started_B"]
+  logp_BWV = jax.nn.log_softmax(lm_BWV.astype(jnp.float32), axis=-1)
+  # Token j's log-prob: from the carried logits (j = 0) or position j - 1.
+  first_B1 = jnp.take_along_axis(state["last_logp_BV"], tokens_BW[:, :1],
+                                 axis=1)
+  rest_BW = jnp.take_along_axis(logp_BWV[:, :-1], tokens_BW[:, 1:, None],
+                                axis=2)[..., 0]
+  lp_BW = jnp.concatenate([first_B1, rest_BW], axis=1)
+  lp_BW = jnp.where(valid_BW & started_B[:, None], lp_BW, 0.0)
+  lp_sum_B = state["lp_sum_B"] + jnp.sum(lp_BW, axis=1)
+  lp_min_B = jnp.minimum(state["lp_min_B"], jnp.min(lp_BW, axis=1))
+  q_B = jnp.where(started_B, state["q_B"], head_B)
+  # As verifier.lp_feature_logits, at the last token read.
+  w = params["lp_w"]
+  logit_B = q_B + w[0] * lp_sum_B + w[1] * lp_min_B
+  fed_B = length_B > 0
+  last_BV = jnp.take_along_axis(logp_BWV, last_B1[:, :, None], axis=1)[:, 0]
+  new = {
+      "kv": kv,
+      "started_B": started_B | fed_B,
+      "q_B": q_B,
+      "lp_sum_B": lp_sum_B,
+      "lp_min_B": lp_min_B,
+      "last_logp_BV": jnp.where(fed_B[:, None], last_BV,
+                                state["last_logp_BV"]),
+  }
+  return jax.nn.sigmoid(logit_B), new
 
 
 class CachedVerifier:
@@ -53,7 +81,8 @@ class CachedVerifier:
   The beam search needs only `init_cache(batch, size)` and
   `extend(tokens_BW, length_B, pos0_B, cache) -> (value_B, cache)` with a
   cache pytree whose per-row leaves lead with the batch axis (tests plug in
-  scripted scorers through the same interface).
+  scripted scorers through the same interface). The first `extend` of a
+  row reads its question (BOS + prompt); later ones read response steps.
 
   Where the value is read: at the last token of what was fed, i.e. at the
   step delimiter that closes the new step (or at EOS), as
@@ -67,15 +96,22 @@ class CachedVerifier:
   def __init__(self, graphdef, params):
     self.graphdef, self.params = graphdef, params
     self.cfg = compute_lib.verifier_config(graphdef, params)
+    self.design = verifier_lib.design_of(params)
     self.extend_fn = jax.jit(functools.partial(_extend, graphdef),
                              donate_argnums=(4,))
 
   def init_cache(self, batch: int, size: int) -> dict:
-    return transformer.init_cache(self.cfg, batch, size)
+    state = {"kv": kv_cache.create(self.cfg, batch, size)}
+    if self.design == "lp_features":
+      zeros_B = jnp.zeros((batch,), jnp.float32)
+      state.update(
+          started_B=jnp.zeros((batch,), bool), q_B=zeros_B,
+          lp_sum_B=jnp.copy(zeros_B), lp_min_B=jnp.copy(zeros_B),
+          last_logp_BV=jnp.zeros((batch, self.cfg.vocab_size), jnp.float32))
+    return kv_cache.constrain(state)
 
   def extend(self, tokens_BW, length_B, pos0_B, cache):
     """(value_B, cache); the cache is donated."""
     return self.extend_fn(self.params, jnp.asarray(tokens_BW, jnp.int32),
                           jnp.asarray(length_B, jnp.int32),
                           jnp.asarray(pos0_B, jnp.int32), cache)
-
