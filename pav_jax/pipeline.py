@@ -157,7 +157,9 @@ def run(config, workdir: Path, mesh) -> dict:
         results[name] = record
         continue
     log.info("stage %s: starting", name)
-    shared = shared or run_lib.make_run(config, workdir, mesh)
+    if shared is None:
+      shared = run_lib.make_run(config, workdir, mesh)
+      run_lib.check_setup(shared, names)
     results[name] = STAGES[name](shared)
     redone.append(name)
     if jax.process_index() == 0:

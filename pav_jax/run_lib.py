@@ -226,3 +226,47 @@ def batch_fn(data: dict[str, np.ndarray], batch_size: int, seed: int):
     return {k: v[idx] for k, v in data.items()}
 
   return fn
+
+
+def _longest_bucket(run: Run, split: str, num: int, stream_name: str | None,
+                    sampler: sampler_lib.Sampler) -> tuple[int, int]:
+  """(longest prompt, its bucket) over the examples a stage will draw."""
+  exs = run.examples(split, num, stream_name)
+  longest = max(len(p) for p in run.encode_prompts(exs))
+  return longest, sampler.bucket(longest)
+
+
+def check_setup(run: Run, stages) -> None:
+  """Fails at set-up, naming the key, when a stage would fail later: a split
+  the stage reads is missing, or its prompts do not fit its KV cache (today
+  that would surface only after the earlier stages ran for minutes)."""
+  c = run.config
+  probe = sampler_lib.Sampler(None, run.model_cfg, cache_size=1, eos_id=0,
+                              step_id=0, pad_id=0)
+  checks = []  # (what, split, num, stream, cache key, cache size, new tokens)
+  if "sft" in stages:
+    checks.append(("SFT evaluation", "test", c.eval.num_prompts, None,
+                   "sample.cache_size", c.sample.cache_size,
+                   c.sample.max_new_tokens))
+    if c.sft.eval_every:
+      checks.append(("SFT validation (sft.eval_every)", "validation",
+                     c.eval.num_prompts, None, "sample.cache_size",
+                     c.sample.cache_size, c.sample.max_new_tokens))
+  if "label" in stages:
+    for split, num, stream_name in (
+        ("train", c.label.num_prompts, "label_train"),
+        ("test", c.label.num_eval_prompts, "label_eval")):
+      checks.append((f"labelling ({split})", split, num, stream_name,
+                     "label.cache_size", c.label.cache_size,
+                     c.label.max_step_tokens))
+  for what, split, num, stream_name, key, size, new in checks:
+    try:
+      longest, bucket = _longest_bucket(run, split, num, stream_name, probe)
+    except FileNotFoundError as e:
+      raise ValueError(f"{what} needs the {split!r} split of task "
+                       f"{c.task.name!r}: {e}") from e
+    if bucket + new > size:
+      raise ValueError(
+          f"{what}: the longest prompt has {longest} tokens (bucket {bucket}) "
+          f"and {new} new tokens must fit after it, but {key} = {size}: set "
+          f"--config.{key}={bucket + new} or more")

@@ -33,6 +33,7 @@ def fake_stages(monkeypatch):
 
   monkeypatch.setattr(run_lib, "make_run",
                       lambda config, workdir, mesh: FakeRun(workdir))
+  monkeypatch.setattr(run_lib, "check_setup", lambda run, stages: None)
   monkeypatch.setattr(pipeline.report, "write",
                       lambda workdir, config, results: workdir / "report.md")
   return calls
