@@ -174,8 +174,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.warmup_steps = 3
   c.rl.grad_clip = 1.0
   c.rl.temperature = 1.0
-  c.rl.max_prompt_len = 32
-  c.rl.max_new_tokens = 0  # 0 = c.sample.max_new_tokens
+  c.rl.max_prompt_len = 48
+  c.rl.max_new_tokens = 80  # response budget of rollouts and evaluation
   c.rl.max_steps = 12  # step slots; tokens of later steps get no gradient
   c.rl.mc_samples = 4  # continuations per prefix (scorer "mc")
   c.rl.eval_split = "test"

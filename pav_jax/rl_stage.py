@@ -72,7 +72,7 @@ def rl_config(run: run_lib.Run) -> train_rl.RLConfig:
       prompts_per_iter=int(r.prompts_per_iter),
       samples_per_prompt=int(r.samples_per_prompt),
       max_prompt_len=int(r.max_prompt_len),
-      max_new_tokens=int(r.max_new_tokens or run.config.sample.max_new_tokens),
+      max_new_tokens=int(r.max_new_tokens),
       max_steps=int(r.max_steps), temperature=float(r.temperature),
       policy_lr=float(r.policy_lr), value_lr=float(r.value_lr),
       warmup_steps=int(r.warmup_steps), total_steps=int(r.iterations),
@@ -182,8 +182,7 @@ def make_eval_fn(run: run_lib.Run, sampler):
   def fn(step, policy_params):
     ev = rollouts.evaluate_policy(
         sampler, policy_params, run.task, run.tok, exs,
-        k=int(r.eval_samples), max_new_tokens=int(
-            r.max_new_tokens or run.config.sample.max_new_tokens),
+        k=int(r.eval_samples), max_new_tokens=int(r.max_new_tokens),
         rng=jax.random.fold_in(run.key("rl_eval"), step),
         batch_rows=int(run.config.eval.batch_rows))
     return {"pass@1": ev.metrics["pass@1"],
@@ -200,7 +199,7 @@ def pass_at_n(run: run_lib.Run, sampler, policy_params) -> dict[str, float]:
   exs = run.examples(r.eval_split, int(r.passn_prompts))
   ev = rollouts.evaluate_policy(
       sampler, policy_params, run.task, run.tok, exs, k=k,
-      max_new_tokens=int(r.max_new_tokens or run.config.sample.max_new_tokens),
+      max_new_tokens=int(r.max_new_tokens),
       rng=jax.random.fold_in(run.key("rl_eval"), 1_000_003),
       batch_rows=int(run.config.eval.batch_rows))
   c = ev.correct.sum(1)

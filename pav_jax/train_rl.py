@@ -30,6 +30,7 @@ The stage wrapper (config section, checkpoints, report) builds a
 
 import dataclasses
 import functools
+import inspect
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -133,6 +134,35 @@ def check_config(cfg: RLConfig) -> None:
 # State and shardings ----------------------------------------------------------
 
 
+def _has_designs() -> bool:
+  return "design" in inspect.signature(verifier_lib.create).parameters
+
+
+def create_value_model(model_cfg: config_lib.ModelConfig):
+  """The value model: a verifier of the plain "head" design (one scalar per
+  position from the backbone's hidden state; no LM logits computed)."""
+  if _has_designs():
+    return verifier_lib.create(model_cfg, design="head")
+  return verifier_lib.create(model_cfg)
+
+
+def _create_like(model_cfg: config_lib.ModelConfig, params: dict):
+  """A verifier of the design `params` were made with (the frozen PAV)."""
+  if _has_designs():
+    return verifier_lib.create(model_cfg,
+                               design=verifier_lib.design_of(params))
+  return verifier_lib.create(model_cfg)
+
+
+def value_params_from_policy(policy_params: dict,
+                             model_cfg: config_lib.ModelConfig) -> dict:
+  """Value-model params: the policy's backbone, zero head (V = 0 at init)."""
+  if _has_designs():
+    return verifier_lib.params_from_policy(policy_params, model_cfg,
+                                           design="head")
+  return verifier_lib.params_from_policy(policy_params, model_cfg)
+
+
 def make_optimizer(cfg: RLConfig) -> dict[str, optax.GradientTransformation]:
   """{'policy': tx, 'value': tx}: warmup-cosine AdamW, each clipped alone.
 
@@ -175,13 +205,13 @@ def init_state(policy_params: dict, model_cfg: config_lib.ModelConfig,
   initial policy (the state is donated by the update step).
   """
   pol_sh = param_shardings(lambda: transformer.create(model_cfg), mesh)
-  val_sh = param_shardings(lambda: verifier_lib.create(model_cfg), mesh)
+  val_sh = param_shardings(lambda: create_value_model(model_cfg), mesh)
   params_sh = {"policy": pol_sh, "value": val_sh}
   rep = sharding_lib.replicated(mesh)
 
   def init(policy):
     params = {"policy": policy,
-              "value": verifier_lib.params_from_policy(policy, model_cfg)}
+              "value": value_params_from_policy(policy, model_cfg)}
     return {
         "params": params,
         "opt_state": {k: tx[k].init(params[k]) for k in PARTS},
@@ -600,7 +630,7 @@ def make_context(*, cfg: RLConfig, sampler: sampler_lib.Sampler, policy_params,
   state, shardings, ref_params = init_state(policy_params, model_cfg, tx, mesh,
                                             seed)
   value_graphdef = nnx.split(nnx.eval_shape(
-      lambda: verifier_lib.create(model_cfg)), nnx.Param)[0]
+      lambda: create_value_model(model_cfg)), nnx.Param)[0]
   ids = dict(step_id=tok.step_id, eos_id=tok.eos_id)
   if tok.step_id != sampler.step_id or tok.eos_id != sampler.eos_id:
     raise ValueError("tokenizer and sampler disagree on step_id / eos_id")
@@ -615,7 +645,8 @@ def make_context(*, cfg: RLConfig, sampler: sampler_lib.Sampler, policy_params,
   if cfg.scorer == "pav":
     ctx.score_fn = make_score_fn(
         verifier_graphdef,
-        param_shardings(lambda: verifier_lib.create(model_cfg), mesh), cfg,
+        param_shardings(lambda: _create_like(model_cfg, verifier_params),
+                        mesh), cfg,
         mesh, **ids)
     ctx.verifier_params = verifier_params
   else:
