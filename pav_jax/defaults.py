@@ -116,9 +116,21 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Verifiers: ORM, PRM-Q, PAV (train_verifier.py) ---
   c.verifier = ml_collections.ConfigDict()
+  # "lp_features": question head + learned weights on the backbone LM's
+  # response log-probs (sum, min); "head": a head at every step end.
+  c.verifier.design = "lp_features"
+  # The backbone: the policy trained this many more SFT steps on the
+  # reference solutions (a stronger model, inside the verifiers stage, into
+  # verifiers/strong/); 0 = the policy itself.
+  c.verifier.strong_sft_steps = 300
+  c.verifier.strong_learning_rate = 1e-3
   c.verifier.steps = 150
-  c.verifier.batch_size = 32
-  c.verifier.learning_rate = 1e-3
+  c.verifier.batch_size = 32  # rows; whole questions with group_batches
+  c.verifier.group_batches = True  # batches of questions with all rollouts
+  c.verifier.learning_rate = 1e-2  # head and lp_w
+  c.verifier.backbone_lr_scale = 0.03  # backbone lr = this * learning_rate
+  c.verifier.rank_weight = 1.0  # pairwise ranking among a question's prefixes
+  c.verifier.rank_margin = 0.25  # pairs whose targets differ by >= this
   c.verifier.a_direct = False  # also regress A^mu directly (beyond paper)
   c.verifier.ckpt_every = 100
 

@@ -1,8 +1,15 @@
 """Verifiers from MC labels: ORM, PRM-Q (Q^π), Q^μ, direct A^μ; evaluation.
 
 One trainer for every verifier (big_vision style: data, model, step, loop,
-export, eval). A verifier is `verifier.Verifier` (policy backbone + scalar
-head), scored at every step boundary in one teacher-forced pass. Kinds:
+export, eval). A verifier is `verifier.Verifier` (an LM backbone + scalar
+head; `c.verifier.design` "lp_features" adds the LM's response log-probs as
+features), scored at every step boundary in one teacher-forced pass. The
+backbone is a STRONG model (`c.verifier.strong_sft_steps` > 0): the SFT
+policy trained further on the reference solutions, inside this stage, into
+`<workdir>/verifiers/strong/` (resumable, the SFT trainer core of
+`sft_lib`); 0 starts from the policy. Batches hold whole questions (all
+their labelled rollouts) so that a Bradley-Terry ranking term
+(`c.verifier.rank_weight`) can order prefixes of one question. Kinds:
 
   orm       BCE of the logit at the last boundary vs the outcome.
   prm_q     BCE with soft targets Q̂^π at every boundary, class-balanced
@@ -23,13 +30,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from pav_jax import advantages
 from pav_jax import checkpoint as ckpt_lib
 from pav_jax import labelled_set
 from pav_jax import losses
 from pav_jax import metrics as metrics_lib
+from pav_jax import rollouts
 from pav_jax import run_lib
+from pav_jax import sft_lib
 from pav_jax import sharding as sharding_lib
 from pav_jax import train_lib
 from pav_jax import transformer
@@ -93,7 +103,38 @@ def training_arrays(data: dict, kind: str, prover_k: float = 4.0,
       "target": np.asarray(target_NP, np.float32),
       "mask": np.asarray(mask_NP, bool),
       "weight": np.asarray(weight_NP, np.float32),
+      "prompt_index": np.asarray(data["prompt_index_N"], np.int32),
   }
+
+
+def grouped_batch_fn(arrays: dict, batch_size: int, seed: int):
+  """Deterministic batches of whole questions: step -> batch dict.
+
+  Each batch holds batch_size // W questions (W = most rows of a question)
+  with all their rows; a question with fewer rows repeats them with
+  `real` False (no loss). `group` numbers the questions of a batch (the
+  ranking loss pairs prefixes of one group only).
+  """
+  pidx_N = arrays["prompt_index"]
+  uniq = np.unique(pidx_N)
+  rows = {int(q): np.flatnonzero(pidx_N == q) for q in uniq}
+  width = max(len(x) for x in rows.values())
+  per_batch = max(1, min(batch_size // width, len(uniq)))
+  per_epoch = len(uniq) // per_batch
+  keys = [k for k in arrays if k != "prompt_index"]
+
+  def fn(step: int) -> dict[str, np.ndarray]:
+    epoch, i = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(uniq)
+    qs = perm[i * per_batch:(i + 1) * per_batch]
+    idx = np.concatenate([np.resize(rows[int(q)], width) for q in qs])
+    out = {k: arrays[k][idx] for k in keys}
+    out["real"] = np.concatenate(
+        [np.arange(width) < len(rows[int(q)]) for q in qs])
+    out["group"] = np.repeat(np.arange(len(qs), dtype=np.int32), width)
+    return out
+
+  return fn
 
 
 # Model and loss ----------------------------------------------------------------
@@ -101,15 +142,20 @@ def training_arrays(data: dict, kind: str, prover_k: float = 4.0,
 
 def boundary_logits(graphdef, params, tokens_BT, valid_BT, prompt_len_B, *,
                     step_id: int, eos_id: int, num_prefixes: int):
-  """Raw head logits at every prefix boundary, one pass: (logit_BP, mask_BP)."""
-  pos_BT = transformer.positions_from_mask(valid_BT)
-  logit_BT, _ = verifier.score(graphdef, params, tokens_BT, pos_BT, valid_BT)
-  bnd_BT = verifier.boundary_mask(tokens_BT, valid_BT, prompt_len_B, step_id, eos_id)
-  return verifier.gather_boundaries(logit_BT, bnd_BT, num_prefixes)
+  """Value logits at every prefix boundary, one pass: (logit_BP, mask_BP)."""
+  return verifier.boundary_logits(
+      graphdef, params, tokens_BT, valid_BT, prompt_len_B, step_id=step_id,
+      eos_id=eos_id, num_prefixes=num_prefixes)
 
 
-def make_loss(kind: str, *, step_id: int, eos_id: int, num_prefixes: int):
-  """loss_fn(graphdef, params, batch, rng) -> (loss, metrics) for train_lib."""
+def make_loss(kind: str, *, step_id: int, eos_id: int, num_prefixes: int,
+              rank_weight: float = 0.0, rank_margin: float = 0.25):
+  """loss_fn(graphdef, params, batch, rng) -> (loss, metrics) for train_lib.
+
+  Class-balanced soft BCE (MSE on tanh for a_direct), plus rank_weight *
+  the pairwise ranking loss among prefixes of one question (batch "group";
+  batches without one are one group per row).
+  """
 
   def loss_fn(graphdef, params, batch, rng):
     del rng
@@ -117,38 +163,85 @@ def make_loss(kind: str, *, step_id: int, eos_id: int, num_prefixes: int):
         graphdef, params, batch["tokens"], batch["valid"], batch["prompt_len"],
         step_id=step_id, eos_id=eos_id, num_prefixes=num_prefixes)
     mask_BP = batch["mask"] & seen_BP
+    if "real" in batch:
+      mask_BP = mask_BP & batch["real"][:, None]
     if kind == "a_direct":
       pred_BP = jnp.tanh(logit_BP)
       loss = losses.masked_mean(
           batch["weight"] * jnp.square(pred_BP - batch["target"]), mask_BP)
     else:
       pred_BP = jax.nn.sigmoid(logit_BP)
-      loss = losses.sigmoid_bce(logit_BP, batch["target"], mask_BP, batch["weight"])
-    mae = losses.masked_mean(jnp.abs(pred_BP - batch["target"]), mask_BP)
-    return loss, {"mae": mae, "prefixes": jnp.sum(mask_BP.astype(jnp.float32))}
+      loss = losses.sigmoid_bce(logit_BP, batch["target"], mask_BP,
+                                batch["weight"])
+    metrics = {"mae": losses.masked_mean(jnp.abs(pred_BP - batch["target"]),
+                                         mask_BP),
+               "prefixes": jnp.sum(mask_BP.astype(jnp.float32)),
+               "value_loss": loss}
+    if rank_weight:
+      group_B = batch.get("group", jnp.arange(logit_BP.shape[0]))
+      rank = losses.pairwise_ranking(logit_BP, batch["target"], mask_BP,
+                                     group_B, rank_margin)
+      loss = loss + rank_weight * rank
+      metrics["rank_loss"] = rank
+    if "lp_w" in params:
+      metrics["lp_w_sum"] = params["lp_w"][0]
+      metrics["lp_w_min"] = params["lp_w"][1]
+    return loss, metrics
 
   return loss_fn
+
+
+def scale_backbone_updates(scale: float) -> optax.GradientTransformation:
+  """Multiplies the updates of params["backbone"] by `scale` (the head and
+  lp_w keep the full learning rate)."""
+
+  def update(updates, state, params=None):
+    del params
+    if scale == 1.0 or "backbone" not in updates:
+      return updates, state
+    return dict(updates, backbone=jax.tree.map(lambda u: u * scale,
+                                               updates["backbone"])), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def train(*, stage_dir: Path, kind: str, arrays: dict, model_cfg, mesh,
           policy_params, steps: int, batch_size: int, learning_rate: float,
           step_id: int, eos_id: int, seed: int = 0, ckpt_every: int = 100,
-          log_every: int = 25, config_dict: dict | None = None):
-  """Trains one verifier (resuming from stage_dir); returns (graphdef, params)."""
-  tx = train_lib.make_optimizer(train_lib.OptimConfig(
-      learning_rate=learning_rate, warmup_steps=max(steps // 10, 1),
-      total_steps=steps))
+          log_every: int = 25, config_dict: dict | None = None,
+          design: str = verifier.DEFAULT_DESIGN, rank_weight: float = 0.0,
+          rank_margin: float = 0.25, backbone_lr_scale: float = 1.0,
+          group_batches: bool = True):
+  """Trains one verifier (resuming from stage_dir); returns (graphdef, params).
+
+  `policy_params` initialise the backbone (the policy or the strong model);
+  None keeps a random init. With group_batches, batches hold whole
+  questions (`grouped_batch_fn`, batch_size rows at most).
+  """
+  tx = optax.chain(
+      train_lib.make_optimizer(train_lib.OptimConfig(
+          learning_rate=learning_rate, warmup_steps=max(steps // 10, 1),
+          total_steps=steps)),
+      scale_backbone_updates(backbone_lr_scale))
   state, shardings, graphdef = train_lib.init_state(
-      lambda: verifier.create(model_cfg, seed=seed), tx, mesh, seed)
+      lambda: verifier.create(model_cfg, seed=seed, design=design), tx, mesh,
+      seed)
   if policy_params is not None:
-    state["params"] = jax.device_put(
-        verifier.params_from_policy(policy_params, model_cfg), shardings["params"])
+    init = verifier.params_from_policy(policy_params, model_cfg, design)
+    state["params"] = jax.device_put(init, shardings["params"])
   loss_fn = make_loss(kind, step_id=step_id, eos_id=eos_id,
-                      num_prefixes=arrays["mask"].shape[1])
+                      num_prefixes=arrays["mask"].shape[1],
+                      rank_weight=rank_weight, rank_margin=rank_margin)
   step_fn = train_lib.make_train_step(graphdef, loss_fn, tx, shardings, mesh)
+  if group_batches and "prompt_index" in arrays:
+    batches = grouped_batch_fn(arrays, batch_size, seed)
+  else:
+    batches = run_lib.batch_fn(
+        {k: v for k, v in arrays.items() if k != "prompt_index"}, batch_size,
+        seed)
   state = train_lib.fit(
       stage_dir=stage_dir, state=state, state_shardings=shardings,
-      train_step=step_fn, batch_fn=run_lib.batch_fn(arrays, batch_size, seed),
+      train_step=step_fn, batch_fn=batches,
       loop=train_lib.LoopConfig(num_steps=steps, ckpt_every=ckpt_every,
                                 log_every=log_every),
       config_dict=config_dict, desc=f"verifier/{kind}",
@@ -172,12 +265,91 @@ def predict(graphdef, params, arrays: dict, *, kind: str, step_id: int,
   return np.tanh(logit_NP) if kind == "a_direct" else 1 / (1 + np.exp(-logit_NP))
 
 
+# Ranking diagnostics (host numpy) ---------------------------------------------
+
+
+def _boundary_ends(data: dict, step_id: int, eos_id: int) -> list[np.ndarray]:
+  """Token index closing each prefix s_1, s_2, ... of every row."""
+  valid_NT = valid_mask(data)
+  out = []
+  for t_T, pl, v_T in zip(data["tokens_NT"], data["prompt_len_N"], valid_NT):
+    col = np.arange(len(t_T))
+    resp = (col >= pl) & v_T & ((t_T == step_id) | (t_T == eos_id))
+    out.append(np.concatenate([[pl - 1], np.flatnonzero(resp)]))
+  return out
+
+
+def sibling_accuracy(pred_NP: np.ndarray, data: dict, *, step_id: int,
+                     eos_id: int, margin: float = 0.25) -> tuple[float, int]:
+  """Within-parent ranking accuracy: (accuracy, pairs).
+
+  Siblings are two rows of one question with the same tokens up to the
+  end of prefix h - 1 (one parent) but different step h, both with an MC
+  Q̂ at prefix h differing by >= margin; a pair is right when the
+  predicted values order them as Q̂ does. NaN when there are no pairs.
+  """
+  mc_NP = data["mask_NP"].astype(bool) & (data["count_NP"] > 0)
+  q_NP, tok_NT = data["q_NP"], data["tokens_NT"]
+  ends = _boundary_ends(data, step_id, eos_id)
+  by_q: dict[int, list[int]] = {}
+  for i, qi in enumerate(data["prompt_index_N"]):
+    by_q.setdefault(int(qi), []).append(i)
+  good = total = 0
+  for rows in by_q.values():
+    for a, i in enumerate(rows):
+      for j in rows[a + 1:]:
+        for h in range(1, min(len(ends[i]), len(ends[j]), q_NP.shape[1])):
+          if not (mc_NP[i, h] and mc_NP[j, h]):
+            continue
+          if abs(q_NP[i, h] - q_NP[j, h]) < margin:
+            continue
+          e_i, e_j = ends[i][h - 1], ends[j][h - 1]
+          same_parent = e_i == e_j and np.array_equal(tok_NT[i, :e_i + 1],
+                                                      tok_NT[j, :e_j + 1])
+          same_step = (ends[i][h] == ends[j][h] and np.array_equal(
+              tok_NT[i, :ends[i][h] + 1], tok_NT[j, :ends[j][h] + 1]))
+          if same_parent and not same_step:
+            total += 1
+            good += (pred_NP[i, h] - pred_NP[j, h]) * (
+                q_NP[i, h] - q_NP[j, h]) > 0
+  return (good / total if total else float("nan")), total
+
+
+def top1_diagnostics(score_N: np.ndarray, data: dict) -> dict:
+  """Best-of-n over each question's labelled rollouts (n = its rows).
+
+  top1_acc: accuracy of the top-scored rollout (ties: first); random: mean
+  outcome; fp_rate: how often the top-1 is wrong among questions with both
+  a right and a wrong rollout; auroc_within: mean AUROC inside those.
+  """
+  y_N = data["outcome_N"] > 0.5
+  by_q: dict[int, list[int]] = {}
+  for i, qi in enumerate(data["prompt_index_N"]):
+    by_q.setdefault(int(qi), []).append(i)
+  top, fp, within = [], [], []
+  for rows in by_q.values():
+    r = np.asarray(rows)
+    pick = r[int(np.argmax(score_N[r]))]
+    top.append(y_N[pick])
+    if 0 < y_N[r].sum() < len(r):
+      fp.append(not y_N[pick])
+      within.append(metrics_lib.auroc(score_N[r], y_N[r]))
+  nan = float("nan")
+  return {"top1_acc": float(np.mean(top)), "random": float(y_N.mean()),
+          "fp_rate": float(np.mean(fp)) if fp else nan,
+          "auroc_within": float(np.mean(within)) if within else nan,
+          "mixed_questions": len(fp)}
+
+
 # Evaluation (host numpy; metrics in `metrics.py`) -------------------------------
 
 
 def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
-             out_dir: Path) -> tuple[dict, str]:
-  """Calibration, per-step AUROC, advantage correlation, Fig. 10; plots + md."""
+             out_dir: Path, step_id: int | None = None,
+             eos_id: int | None = None) -> tuple[dict, str]:
+  """Calibration, per-step AUROC, advantage correlation, Fig. 10, and (with
+  step_id / eos_id) sibling ranking accuracy and top-1-of-n diagnostics;
+  plots + md."""
   # matplotlib is imported here, not at the top: it costs ~1 s and every
   # stage module is imported by the pipeline (and by tests) at start-up.
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -223,6 +395,16 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
   metrics["outcome_auroc_last"] = {
       k: metrics_lib.auroc(s[np.arange(len(y)), data["num_prefixes_N"] - 1], y) for k, s in scores.items()}
 
+  last_N = data["num_prefixes_N"] - 1
+  metrics["top1"] = {k: top1_diagnostics(sc[np.arange(len(y)), last_N], data)
+                     for k, sc in scores.items()}
+  if step_id is not None:
+    metrics["sibling_acc"], metrics["sibling_pairs"] = {}, 0
+    for k in ("prm_q", "pav"):
+      acc, n = sibling_accuracy(scores[k], data, step_id=step_id,
+                                eos_id=eos_id)
+      metrics["sibling_acc"][k], metrics["sibling_pairs"] = acc, n
+
   out_dir.mkdir(parents=True, exist_ok=True)
   fig, ax = plt.subplots(figsize=(4, 4))
   ax.plot([0, 1], [0, 1], "k:", lw=1)
@@ -264,6 +446,23 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
             + (f"; direct A^μ head: {metrics['adv_corr_direct']:.3f}"
                if "adv_corr_direct" in metrics else "") + ".")
   md.append("")
+  md.append("| scorer | outcome AUROC (last) | AUROC within question "
+            "| top-1 acc | random | top-1 false-positive rate "
+            "| sibling acc |")
+  md.append("|---|---|---|---|---|---|---|")
+  for k in scores:
+    t1 = metrics["top1"][k]
+    sib = metrics.get("sibling_acc", {}).get(k, float("nan"))
+    md.append(f"| {k} | {fmt(metrics['outcome_auroc_last'][k])} | "
+              f"{fmt(t1['auroc_within'])} | {fmt(t1['top1_acc'])} | "
+              f"{fmt(t1['random'])} | {fmt(t1['fp_rate'])} | {fmt(sib)} |")
+  md.append("")
+  md.append(f"Top-1 of each question's {len(y) // max(len(set(data['prompt_index_N'].tolist())), 1)} "
+            f"labelled rollouts ({metrics['top1']['orm']['mixed_questions']} "
+            "questions with right and wrong ones); sibling pairs (same "
+            f"parent prefix, MC Q̂ apart by >= 0.25): "
+            f"{metrics.get('sibling_pairs', 0)}.")
+  md.append("")
   md.append("![calibration](verifiers/calibration.png) "
             "![ranking](verifiers/ranking_fig10.png)")
   return metrics, "\n".join(md)
@@ -280,8 +479,60 @@ def _identity_sections(config) -> dict:
                             "label", "verifier", "pav") if k in c}
 
 
+def _strong_identity(config) -> dict:
+  """What the strong model is made from: not the verifier heads' knobs."""
+  c = config.to_dict()
+  out = {k: c[k] for k in ("seed", "task", "tokenizer", "model", "sft")
+         if k in c}
+  out["strong"] = {k: c["verifier"][k] for k in ("strong_sft_steps",
+                                                 "strong_learning_rate")}
+  return out
+
+
+def strong_model(run: run_lib.Run, policy_params) -> tuple[object, dict]:
+  """The verifiers' backbone: (params, info).
+
+  `c.verifier.strong_sft_steps` > 0: the policy trained that many more SFT
+  steps on the reference solutions at `strong_learning_rate` (the sft_lib
+  trainer: checkpoints and resume under `verifiers/strong/`, exported to
+  `verifiers/strong/params`, then evaluated on the test prompts); 0: the
+  policy itself.
+  """
+  vc, config = run.config.verifier, run.config
+  steps = int(vc.strong_sft_steps)
+  if steps <= 0:
+    return policy_params, {"strong_sft_steps": 0}
+  out = run.stage_dir("verifiers") / "strong"
+  info_path = out / "eval.json"
+  t0 = time.time()
+  if (out / "params").exists() and info_path.exists():
+    _, params = run.load_params_dir(
+        out / "params", lambda: transformer.create(run.model_cfg))
+    return params, json.loads(info_path.read_text())
+  train = run.examples("train", config.task.num_train)
+  data = sft_lib.encode_sft(run.tok, [run.task.prompt(e) for e in train],
+                            [e.solution for e in train], config.sft.max_len)
+  graphdef, params = sft_lib.train(
+      run, stage="verifiers/strong", data=data, steps=steps,
+      learning_rate=vc.strong_learning_rate, init_params=policy_params,
+      config_dict=_strong_identity(config))
+  ckpt_lib.save_params(out / "params", params)
+  test = run.examples("test", config.eval.num_prompts)
+  k = min(4, config.eval.samples_per_prompt)
+  ev = rollouts.evaluate_policy(
+      run.sampler(graphdef), params, run.task, run.tok, test, k=k,
+      max_new_tokens=config.sample.max_new_tokens,
+      rng=run.key("policy_eval"), batch_rows=config.eval.batch_rows)
+  info = {"strong_sft_steps": steps, "strong_test": ev.metrics,
+          "strong_seconds": time.time() - t0, "eval_samples": k}
+  if jax.process_index() == 0:
+    info_path.write_text(json.dumps(info, indent=2, default=float))
+  return params, info
+
+
 def run_verifiers(run: run_lib.Run) -> dict:
-  """Stage "verifiers": train ORM, PRM-Q (+Q^mu, A-direct), export, evaluate."""
+  """Stage "verifiers": strong model, ORM, PRM-Q (+Q^mu, A-direct), export,
+  evaluate."""
   t0 = time.time()
   config, workdir = run.config, run.workdir
   _, policy_params = run.load_policy()
@@ -297,38 +548,57 @@ def run_verifiers(run: run_lib.Run) -> dict:
   if vc.a_direct:
     kinds.append("a_direct")
   out_dir = run.stage_dir("verifiers")
-  preds, summary, notes = {}, {"kinds": kinds}, []
+  backbone, strong_info = strong_model(run, policy_params)
+  t_strong = time.time() - t0
+  preds, summary, notes = {}, {"kinds": kinds, "design": vc.design}, []
+  summary.update(strong_info)
   for kind in kinds:
     arrays = training_arrays(train_data, kind, k,
                              config.label.get("first_pit_high", 0.0))
     graphdef, params = train(
         stage_dir=out_dir / kind, kind=kind, arrays=arrays,
-        model_cfg=run.model_cfg, mesh=run.mesh, policy_params=policy_params,
+        model_cfg=run.model_cfg, mesh=run.mesh, policy_params=backbone,
         steps=vc.steps, batch_size=vc.batch_size, learning_rate=vc.learning_rate,
         step_id=tok.step_id, eos_id=tok.eos_id, seed=config.seed,
-        ckpt_every=vc.ckpt_every, config_dict=_identity_sections(config))
+        ckpt_every=vc.ckpt_every, config_dict=_identity_sections(config),
+        design=vc.design, rank_weight=vc.rank_weight,
+        rank_margin=vc.rank_margin, backbone_lr_scale=vc.backbone_lr_scale,
+        group_batches=vc.group_batches)
     ckpt_lib.save_params(out_dir / kind / "params", params)
     dead = train_lib.read_train_summary(out_dir / kind) or {}
     if dead.get("dead_gradient"):
       summary[f"{kind}/dead_gradient"] = True
       notes.append(f"**Warning: verifier `{kind}` did not train** "
                       f"({dead.get('dead_reason', 'no gradient')}).")
+    if "lp_w" in params:
+      summary[f"{kind}/lp_w"] = np.asarray(params["lp_w"]).tolist()
     ev_kind = ("prm_q" if kind == "q_mu" and "q_mu_NP" not in eval_data
                else kind)
     ev_arrays = training_arrays(eval_data, ev_kind, k)
     preds[kind] = predict(graphdef, params, ev_arrays, kind=kind,
                           step_id=tok.step_id, eos_id=tok.eos_id)
-  metrics, md = evaluate(preds, eval_data, alpha=alpha, prover_k=k, out_dir=out_dir)
-  summary.update(metrics, seconds=time.time() - t0,
+  metrics, md = evaluate(preds, eval_data, alpha=alpha, prover_k=k,
+                         out_dir=out_dir, step_id=tok.step_id,
+                         eos_id=tok.eos_id)
+  summary.update(metrics, seconds=time.time() - t0, strong_stage_seconds=t_strong,
                  train_prefixes=int(train_data["mask_NP"].sum()),
                  eval_rows=int(len(eval_data["outcome_N"])))
   if jax.process_index() == 0:
     (out_dir / "eval.json").write_text(
         json.dumps(summary, indent=2, default=float))
+  if vc.strong_sft_steps > 0:
+    st = strong_info.get("strong_test", {})
+    strong_md = (f"Backbone: the policy after {vc.strong_sft_steps} more SFT "
+                 f"steps (lr {vc.strong_learning_rate:g}), test pass@1 "
+                 f"{st.get('pass@1', float('nan')):.3f}. ")
+  else:
+    strong_md = "Backbone: the policy. "
   summary["report_md"] = (
-      f"Verifiers ({', '.join(kinds)}), {vc.steps} steps each, evaluated on "
+      f"Verifiers ({', '.join(kinds)}; design `{vc.design}`"
+      + (f", ranking weight {vc.rank_weight:g}" if vc.rank_weight else "")
+      + f"), {vc.steps} steps each, evaluated on "
       f"{summary['eval_rows']} held-out rollouts; PAV = Q̂^π + {alpha}·Â^μ with "
       f"μ = Bo{k:g}(π) (Fig. 10 thresholds tuned per step on even prompts, "
-      "errors on odd ones).\n\n" + "".join(w + "\n\n" for w in notes)
-      + md)
+      "errors on odd ones). " + strong_md + "\n\n"
+      + "".join(w + "\n\n" for w in notes) + md)
   return summary

@@ -10,6 +10,7 @@ from pav_jax import run_lib
 from pav_jax import sharding
 from pav_jax import train_verifier
 from pav_jax import transformer
+from pav_jax import verifier
 
 PAD, BOS, EOS, STEP = 0, 1, 2, 4
 CFG = config_lib.ModelConfig.tiny(vocab_size=12).replace(
@@ -49,12 +50,96 @@ def test_verifier_fits_synthetic_step_targets_and_exports(tmp_path):
   graphdef, params = train_verifier.train(
       stage_dir=tmp_path / "prm_q", kind="prm_q", arrays=arrays, model_cfg=CFG,
       mesh=mesh, policy_params=policy, steps=120, batch_size=16,
-      learning_rate=1e-2, step_id=STEP, eos_id=EOS, ckpt_every=60)
+      learning_rate=1e-2, step_id=STEP, eos_id=EOS, ckpt_every=60,
+      design="head")
   pred = train_verifier.predict(graphdef, params, arrays, kind="prm_q",
                                 step_id=STEP, eos_id=EOS, batch_size=32)
   err = np.abs(pred - data["q_NP"])[:, 1:]
   assert err.mean() < 0.05, err.mean()
-  # Export -> Run.load_verifier round trip gives the same scores.
+
+
+def _sibling_set(n_q=16, seed=0):
+  """4 rows per question: BOS 7 STEP x EOS; outcome = (x == 6).
+
+  The rows of a question share the question (one parent), so they are
+  siblings at prefix 1; Q̂ after the step is 0.9 if x == 6 else 0.1.
+  """
+  rng = np.random.default_rng(seed)
+  toks, q, y = [], [], []
+  for _ in range(n_q):
+    for x in rng.choice([5, 6], size=4):
+      toks.append([BOS, 7, STEP, x, EOS])
+      q.append([0.5, 0.9 if x == 6 else 0.1])
+      y.append(float(x == 6))
+  n = len(toks)
+  return {
+      "tokens_NT": np.asarray(toks, np.int32),
+      "q_NP": np.asarray(q, np.float32),
+      "prompt_len_N": np.full(n, 3, np.int32),
+      "response_len_N": np.full(n, 2, np.int32),
+      "num_prefixes_N": np.full(n, 2, np.int32),
+      "mask_NP": np.ones((n, 2), bool),
+      "count_NP": np.full((n, 2), 8, np.int32),
+      "outcome_N": np.asarray(y, np.float32),
+      "prompt_index_N": np.repeat(np.arange(n_q, dtype=np.int32), 4)}
+
+
+def test_grouped_batches_hold_whole_questions():
+  arrays = train_verifier.training_arrays(_sibling_set(), "prm_q")
+  fn = train_verifier.grouped_batch_fn(arrays, 16, seed=0)
+  b = fn(3)
+  assert len(b["tokens"]) == 16 and b["real"].all()
+  assert b["group"].tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+  for g in range(4):  # each group is the 4 rows of one question
+    rows = b["tokens"][b["group"] == g]
+    assert len({r.tobytes() for r in rows}) >= 1
+  assert "prompt_index" not in b
+
+
+def test_lp_design_with_ranking_trains_exports_and_loads(tmp_path):
+  """A tiny verifier run with the default design and the ranking loss.
+
+  Q̂ after the step is 0.9 for the siblings whose step the backbone LM finds
+  less likely (0.1 otherwise), so only a verifier that learns the weights
+  of the log-prob features ranks the sibling pairs right (a question-only
+  head cannot: siblings share the question; the initial weights rank them
+  backwards). Then the
+  export -> Run.load_verifier round trip gives the same values.
+  """
+  data = _sibling_set()
+  _, policy = transformer.split(transformer.create(CFG, seed=0))
+  graph = transformer.split(transformer.create(CFG))[0]
+  tok = jax.numpy.asarray(data["tokens_NT"])
+  ok = jax.numpy.ones_like(tok, bool)
+  logits = transformer.forward(graph, policy, tok,
+                               transformer.positions_from_mask(ok), ok)[0]
+  logp = np.asarray(jax.nn.log_softmax(logits, -1))
+  rows = np.arange(len(tok))
+  f_N = (logp[rows, 2, data["tokens_NT"][:, 3]]
+         + logp[rows, 3, EOS])  # log p(x) + log p(EOS | x)
+  # The LESS likely step (by the LM) is the right one, 0.9 vs 0.1: the
+  # initial lp_w (> 0) ranks every sibling pair wrong; training must flip.
+  best = data["tokens_NT"][np.argmin(f_N), 3]
+  data["q_NP"][:, 1] = np.where(data["tokens_NT"][:, 3] == best, 0.9, 0.1)
+  data["outcome_N"] = (data["q_NP"][:, 1] > 0.5).astype(np.float32)
+  arrays = train_verifier.training_arrays(data, "prm_q")
+  mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])
+  graphdef, params = train_verifier.train(
+      stage_dir=tmp_path / "prm_q", kind="prm_q", arrays=arrays,
+      model_cfg=CFG, mesh=mesh, policy_params=policy, steps=120,
+      batch_size=16, learning_rate=0.2, step_id=STEP, eos_id=EOS,
+      ckpt_every=120, rank_weight=1.0, backbone_lr_scale=0.0)
+  assert "lp_w" in params
+  init = verifier.params_from_policy(policy, CFG)
+  pred0 = train_verifier.predict(graphdef, init, arrays, kind="prm_q",
+                                 step_id=STEP, eos_id=EOS, batch_size=32)
+  assert train_verifier.sibling_accuracy(pred0, data, step_id=STEP,
+                                         eos_id=EOS)[0] == 0.0
+  pred = train_verifier.predict(graphdef, params, arrays, kind="prm_q",
+                                step_id=STEP, eos_id=EOS, batch_size=32)
+  acc, pairs = train_verifier.sibling_accuracy(pred, data, step_id=STEP,
+                                               eos_id=EOS)
+  assert pairs > 20 and acc >= 0.9, (acc, pairs, params["lp_w"])
   (tmp_path / "verifiers" / "prm_q").mkdir(parents=True)
   ckpt_lib.save_params(tmp_path / "verifiers" / "prm_q" / "params", params)
   run = run_lib.Run(config=None, workdir=tmp_path, mesh=mesh, task=None,
@@ -63,6 +148,17 @@ def test_verifier_fits_synthetic_step_targets_and_exports(tmp_path):
   pred2 = train_verifier.predict(gd2, p2, arrays, kind="prm_q", step_id=STEP,
                                  eos_id=EOS, batch_size=32)
   np.testing.assert_allclose(pred, pred2, atol=1e-6)
+
+
+def test_top1_diagnostics_on_hand_built_scores():
+  data = _sibling_set(n_q=2)
+  y = data["outcome_N"]
+  d = train_verifier.top1_diagnostics(y.copy(), data)  # a perfect scorer
+  assert d["top1_acc"] == float(y.reshape(2, 4).max(1).mean())
+  assert d["fp_rate"] in (0.0,) or np.isnan(d["fp_rate"])
+  d = train_verifier.top1_diagnostics(-y, data)  # an inverted scorer
+  if d["mixed_questions"]:
+    assert d["fp_rate"] == 1.0 and d["auroc_within"] == 0.0
 
 
 def test_training_arrays_kinds_and_eval_metrics(tmp_path):
@@ -75,11 +171,12 @@ def test_training_arrays_kinds_and_eval_metrics(tmp_path):
   preds = {"orm": np.repeat(q[:, -1:], q.shape[1], 1), "prm_q": q,
            "a_direct": a["target"]}
   ev, md = train_verifier.evaluate(preds, data, alpha=0.5, prover_k=4,
-                                   out_dir=tmp_path)
+                                   out_dir=tmp_path, step_id=STEP, eos_id=EOS)
   assert ev["auroc"]["prm_q"][-1] == 1.0
   assert np.isclose(ev["adv_corr"], 1.0) and ev["ece"] < 1e-6
   assert (tmp_path / "calibration.png").exists()
   assert (tmp_path / "ranking_fig10.png").exists() and "AUROC" in md
+  assert "top-1 false-positive rate" in md and "top1" in ev
   assert metrics.auroc(np.array([0.1, 0.4, 0.35, 0.8]),
                        np.array([0, 0, 1, 1])) == 0.75
   assert metrics.best_threshold_error(
