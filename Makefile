@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast lint bench drill clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m pav_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
 
-test: $(STAMP)
+# The whole suite (CI runs this): lint, then every test, slow ones included.
+test: lint
 	$(PY) -m pytest -n 2 -q tests
+
+# The quick loop while editing: lint, then all but the `slow`-marked tests.
+test-fast: lint
+	$(PY) -m pytest -n 2 -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pav_jax tests benchmarks tools configs experiments
+
+# Kill / corrupt / changed-config / NaN / lock drills on a tiny pipeline.
+drill: $(STAMP)
+	$(PY) tools/drill.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/sampler.py
