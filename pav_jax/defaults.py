@@ -196,6 +196,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.eval_every = 10
   c.rl.passn_max = 16  # final pass@1..16, init vs final; 0 = off
   c.rl.passn_prompts = 64
+  c.rl.val_prompts = 0  # > 0: final pass@1 on validation (choosing alpha)
   c.rl.ckpt_every = 10
   c.rl.log_every = 1
   c.rl.kill_at_step = -1  # fault injection (tests only)

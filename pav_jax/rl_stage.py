@@ -48,6 +48,7 @@ from pav_jax import sft_lib
 from pav_jax import train_lib
 from pav_jax import train_rl
 from pav_jax import transformer
+from pav_jax import verifier as verifier_lib
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,12 @@ def prompt_fn(run: run_lib.Run):
   return fn
 
 
-def make_eval_fn(run: run_lib.Run, sampler):
+def make_eval_fn(run: run_lib.Run, sampler, split: str = "",
+                 num: int = 0):
   """`fn(step, policy_params) -> metrics`: pass@1 at temperature 1 on
   c.rl.eval_prompts prompts of c.rl.eval_split (same keys every arm)."""
   r = run.config.rl
-  exs = run.examples(r.eval_split, int(r.eval_prompts))
+  exs = run.examples(split or r.eval_split, num or int(r.eval_prompts))
 
   def fn(step, policy_params):
     ev = rollouts.evaluate_policy(
@@ -225,7 +227,7 @@ def _context(run: run_lib.Run, cfg: train_rl.RLConfig, graphdef, params):
           f"rl.scorer 'pav' needs the frozen prm_q verifier at {path}: run "
           "the verifiers stage first (--config.stages=...,verifiers,rl), or "
           "set rl.scorer='none' with rl.alpha=0 (ORM-RL)")
-    kw["verifier_graphdef"], kw["verifier_params"] = run.load_verifier("prm_q")
+    kw["verifier_graphdef"], kw["verifier_params"] = load_prm_q(run)
   elif cfg.scorer == "mc":
     kw["mc_sampler"] = run.sampler(graphdef, cache_size=max(
         int(run.config.sample.cache_size), cfg.seq_len + cfg.max_new_tokens))
@@ -233,6 +235,23 @@ def _context(run: run_lib.Run, cfg: train_rl.RLConfig, graphdef, params):
   return train_rl.make_context(cfg=cfg, sampler=sampler, policy_params=params,
                                task=run.task, tok=run.tok, mesh=run.mesh,
                                seed=seed, **kw)
+
+
+def load_prm_q(run: run_lib.Run):
+  """(graphdef, params) of the frozen prm_q, whichever verifier design
+  (verifier.DESIGNS) it was trained with."""
+  try:
+    return run.load_verifier("prm_q")
+  except ckpt_lib.CheckpointError:
+    designs = getattr(verifier_lib, "DESIGNS", ())
+    path = run.stage_dir("verifiers") / "prm_q" / "params"
+    for d in designs:
+      try:
+        return run.load_params_dir(
+            path, lambda d=d: verifier_lib.create(run.model_cfg, design=d))
+      except ckpt_lib.CheckpointError:
+        continue
+    raise
 
 
 def read_history(directory: Path) -> list[dict]:
@@ -309,6 +328,12 @@ def run_rl(run: run_lib.Run) -> dict:
   if int(r.passn_max) > 0:
     passn = {"init": pass_at_n(run, ctx.sampler, ctx.ref_params),
              "final": pass_at_n(run, ctx.sampler, state["params"]["policy"])}
+  val_acc = None
+  if int(r.val_prompts) > 0:  # for choosing alpha on validation
+    val_fn = make_eval_fn(run, ctx.sampler, split="validation",
+                          num=int(r.val_prompts))
+    val_acc = val_fn(
+        int(r.iterations), state["params"]["policy"])["pass@1"]
   train_rows = [row for row in history if "accuracy" in row]
   timing = {k: float(np.mean([row[k] for row in train_rows]))
             for k in ("rollout_s", "score_s", "update_s") if train_rows}
@@ -318,6 +343,7 @@ def run_rl(run: run_lib.Run) -> dict:
               "prover_k": cfg.prover_k},
       "init": init_info, "eval_init": eval_init,
       "final_pass@1": curve["pass@1"][-1], "curve": curve, "pass@n": passn,
+      "final_validation_pass@1": val_acc,
       "train_accuracy_last10": float(np.mean(
           [row["accuracy"] for row in train_rows[-10:]])) if train_rows
       else 0.0,

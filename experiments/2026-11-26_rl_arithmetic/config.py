@@ -1,0 +1,53 @@
+"""RL arms on arithmetic (experiment 2026-11-26_rl_arithmetic).
+
+  --config=experiments/2026-11-26_rl_arithmetic/config.py:ARM,SEED
+
+ARM: "orm" (alpha 0, no dense term), "pav<alpha>" (PAV-RL, A^mu),
+"q<alpha>" (the Q^mu-instead-of-A^mu ablation, App. G), "mc<alpha>"
+(verifier-free control: Q^pi from MC continuations of the sft policy).
+Everything else is the demo pipeline's (configs/demo.py); the workdir must
+hold sft/params and verifiers/prm_q/params (see README.md). Each arm writes
+into <workdir>/rl_exp/<ARM>_s<SEED> (c.rl.out_dir), so arms share the
+workdir and a finished arm is skipped on rerun.
+"""
+
+from pav_jax import defaults
+
+_DEMO = defaults.config_file_module("demo")
+ITERATIONS = 24
+
+
+def arm_settings(arm: str) -> dict:
+  if arm == "orm":
+    return {"scorer": "none", "alpha": 0.0}
+  for prefix, extra in (("pav", {"scorer": "pav", "dense": "advantage"}),
+                        ("q", {"scorer": "pav", "dense": "q"}),
+                        ("mc", {"scorer": "mc", "dense": "advantage"})):
+    if arm.startswith(prefix) and arm[len(prefix):]:
+      return dict(extra, alpha=float(arm[len(prefix):]))
+  raise ValueError(f"unknown arm {arm!r}: orm, pav<alpha>, q<alpha>, "
+                   "mc<alpha>")
+
+
+def get_config(arg=None):
+  arm, seed = (arg or "orm,0").split(",")
+  c = _DEMO.get_config()
+  c.stages = "rl"
+  r = c.rl
+  r.init = "sft"  # RFT on 121 correct seeds overfits here (README)
+  r.iterations = ITERATIONS
+  r.eval_every = 6
+  r.eval_prompts = 128
+  r.eval_samples = 4
+  r.passn_max = 16
+  r.passn_prompts = 64
+  r.val_prompts = 128
+  r.ckpt_every = 12
+  r.policy_lr = 2e-4
+  r.value_lr = 1e-3
+  r.mc_samples = 4
+  r.seed = int(seed)
+  for k, v in arm_settings(arm).items():
+    setattr(r, k, v)
+  r.out_dir = f"runs/rl_base/rl_exp/{arm}_s{seed}"
+  return c
