@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from pav_jax import advantages
+from pav_jax import steps
 
 DENSE_KINDS = ("advantage", "q")
 
@@ -41,7 +42,8 @@ def token_step_index(tokens_BT: jax.Array, response_mask_BT: jax.Array, *,
   `response_mask_BT` and (with `max_steps`) tokens of steps >= max_steps.
   """
   resp_BT = response_mask_BT.astype(bool)
-  end_BT = resp_BT & ((tokens_BT == step_id) | (tokens_BT == eos_id))
+  end_BT = resp_BT & (steps.is_step_end(tokens_BT, step_id)
+                     | (tokens_BT == eos_id))
   eos_BT = resp_BT & (tokens_BT == eos_id)
   ends_incl_BT = jnp.cumsum(end_BT.astype(jnp.int32), axis=1)
   step_BT = ends_incl_BT - end_BT.astype(jnp.int32)

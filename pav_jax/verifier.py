@@ -30,6 +30,7 @@ from flax import nnx
 from pav_jax import config as config_lib
 from pav_jax import layers
 from pav_jax import losses
+from pav_jax import steps
 from pav_jax import transformer
 
 DESIGNS = ("lp_features", "head")
@@ -153,7 +154,7 @@ def boundary_mask(tokens_BT: jax.Array, valid_BT: jax.Array,
   t = tokens_BT.shape[1]
   col_BT = jnp.arange(t)[None, :]
   in_resp_BT = (col_BT >= prompt_len_B[:, None]) & valid_BT
-  is_end_BT = (tokens_BT == step_id) | (tokens_BT == eos_id)
+  is_end_BT = steps.is_step_end(tokens_BT, step_id) | (tokens_BT == eos_id)
   return (col_BT == (prompt_len_B - 1)[:, None]) | (in_resp_BT & is_end_BT)
 
 
