@@ -31,6 +31,7 @@ from pav_jax import advantages
 from pav_jax import metrics
 from pav_jax import rollouts
 from pav_jax import sampler as sampler_lib
+from pav_jax import steps
 from pav_jax import verifier as verifier_lib
 from pav_jax.search.compute import Compute
 
@@ -137,8 +138,10 @@ def trajectories(prompts, responses, finished, pad_id: int, eos_id: int,
 _PREFIX_FNS: dict = {}
 
 
-def _prefix_values_fn(graphdef, step_id: int, eos_id: int, num_prefixes: int):
+def _prefix_values_fn(graphdef, step_id: steps.StepIds, eos_id: int,
+                      num_prefixes: int):
   """One jitted `prefix_values` per verifier graph (compiled once per shape)."""
+  step_id = steps.as_ids(step_id)
   key = (id(graphdef), step_id, eos_id, num_prefixes)
   if key not in _PREFIX_FNS:
     _PREFIX_FNS[key] = (graphdef, jax.jit(functools.partial(
@@ -148,7 +151,8 @@ def _prefix_values_fn(graphdef, step_id: int, eos_id: int, num_prefixes: int):
 
 
 def score_samples(graphdef, params, samples: Samples, prompts, *, pad_id: int,
-                  step_id: int, eos_id: int, num_prefixes: int = 32,
+                  step_id: steps.StepIds, eos_id: int,
+                  num_prefixes: int = 32,
                   batch_rows: int = 512) -> tuple[np.ndarray, np.ndarray]:
   """Prefix values of every sample in one pass each: (v [E,K,P], mask)."""
   p = len(prompts)
@@ -165,7 +169,10 @@ def score_samples(graphdef, params, samples: Samples, prompts, *, pad_id: int,
   for s in range(0, n, rows):
     sl = slice(s, min(s + rows, n))
     pad = rows - (sl.stop - sl.start)
-    padr = lambda x: np.concatenate([x[sl], np.repeat(x[sl][:1], pad, 0)])
+
+    def padr(x, sl=sl, pad=pad):
+      return np.concatenate([x[sl], np.repeat(x[sl][:1], pad, 0)])
+
     v, msk = fn(params, padr(tok_BT), padr(valid_BT), padr(plen_B))
     v, msk = jax.device_get((v, msk))
     vs.append(v[: rows - pad])

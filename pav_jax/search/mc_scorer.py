@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from pav_jax import mc_values
+from pav_jax import steps
 
 
 @dataclasses.dataclass
@@ -77,14 +78,16 @@ class MCScorer:
     return succ / self.n
 
   def bon_scores(self, sampler, params, prompts: Sequence[Sequence[int]],
-                 responses: Sequence[Sequence[Sequence[int]]], step_id: int,
+                 responses: Sequence[Sequence[Sequence[int]]],
+                 step_id: steps.StepIds,
                  rng: jax.Array, batch_prefixes: int = 64
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best-of-N scores of K samples per problem (see the module doc).
 
     Args:
       prompts: E token lists; responses: [E][K] (EOS excluded).
-      step_id: the step delimiter.
+      step_id: the step delimiter id, or every id of a piece holding it
+        (`Tokenizer.step_ids`).
       rng: key of the rollouts: prefix h of sample (e, k) uses
         mc_keys(fold_in(rng, e * (K + 1) + k), h, [0], n); V(s_1) of problem
         e uses k = K, h = 0.
@@ -101,7 +104,7 @@ class MCScorer:
       items.append((e, -1, 0, []))
       for k in range(k_n):
         r = list(responses[e][k])
-        ends = [j + 1 for j, t in enumerate(r) if t == step_id]
+        ends = steps.step_ends(r, step_id)
         items += [(e, k, h + 1, r[:end]) for h, end in enumerate(ends)]
     q, toks = np.zeros(len(items)), np.zeros((len(items), 2))
     budget = mc_values.Budget()
