@@ -179,9 +179,14 @@ def bench_labelling(graphdef, params, rng) -> None:
       max_step_tokens=LABEL["max_step_tokens"],
       max_steps=LABEL["max_steps"], prompts_per_chunk=LABEL["prompts"],
       mode="fork", row_buckets=2)
-  grade = lambda i, resp: float((sum(resp) + i) % 2 == 0)
-  run = lambda: labelling.label_chunk(sampler, params, prompts, grade,
-                                      jax.random.key(0), lc)
+
+  def grade(i, resp):
+    return float((sum(resp) + i) % 2 == 0)
+
+  def run():
+    return labelling.label_chunk(sampler, params, prompts, grade,
+                                 jax.random.key(0), lc)
+
   run()  # compile
   t0 = time.perf_counter()
   arr, budget = run()

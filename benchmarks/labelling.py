@@ -36,7 +36,10 @@ def main():
   rng = np.random.default_rng(0)
   prompts = [[BOS] + rng.integers(5, 16, size=int(rng.integers(8, 14))).tolist()
              + [STEP] for _ in range(args.prompts)]
-  grade = lambda i, resp: float((sum(resp) + i) % 2 == 0)
+
+  def grade(i, resp):
+    return float((sum(resp) + i) % 2 == 0)
+
   print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} "
         f"{jax.devices()[0].platform} x{jax.device_count()}, "
         f"tiny preset ({cfg.num_params() / 1e6:.2f}M params), "
@@ -51,8 +54,11 @@ def main():
           n_cov=args.n_cov, n_mc=n_mc, max_new_tokens=32, max_step_tokens=16,
           max_steps=4, prompts_per_chunk=args.prompts, mode=mode,
           row_buckets=2)
-      run = lambda: labelling.label_chunk(sampler, params, prompts, grade,
-                                          jax.random.key(0), lc)
+
+      def run():
+        return labelling.label_chunk(sampler, params, prompts, grade,
+                                     jax.random.key(0), lc)
+
       run()  # compile
       t0 = time.perf_counter()
       arr, b = run()

@@ -70,8 +70,8 @@ def best_time(fn: Callable[[], object], repeats: int,
 def naive_generate(graphdef, params, tokens_BL, key, *, prompt_len: int,
                    temperature: float):
   """No-cache sampling: a full forward over [B, L] for every new token."""
-  b, l = tokens_BL.shape
-  col_BL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+  b, length = tokens_BL.shape
+  col_BL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
 
   def body(t, tokens_BL):
     valid_BL = col_BL < t
@@ -83,7 +83,7 @@ def naive_generate(graphdef, params, tokens_BL, key, *, prompt_len: int,
                                    logits_BV / temperature).astype(jnp.int32)
     return jax.lax.dynamic_update_index_in_dim(tokens_BL, tok_B, t, axis=1)
 
-  return jax.lax.fori_loop(prompt_len, l, body, tokens_BL)
+  return jax.lax.fori_loop(prompt_len, length, body, tokens_BL)
 
 
 def load_baseline(rev: str):

@@ -1,13 +1,16 @@
-"""SFT of an imperfect base policy on arithmetic chains (issue 3), then PAV.
+r"""SFT of an imperfect base policy on arithmetic chains (issue 3), then PAV.
 
 Command:
-  python -m pav_jax.main --config=configs/arithmetic.py --workdir=runs/arithmetic
+  python -m pav_jax.main --config=configs/arithmetic.py \
+      --workdir=runs/arithmetic
   (add --config.stages=sft,label,verifiers,search for the whole pipeline)
 Hardware: 2 CPU cores, no accelerator.
-Task:     5 operations on a start value, one-digit operands, + - *, values <= 99.
-Model:    `tiny` preset (4 layers, D=128, GQA 4q/2kv, window 64): 829,568 params.
-Run time: SFT ~4-5 min on 2 idle cores (400 steps x batch 32, ~0.5 s/step), plus
-          ~1 min evaluation (64 test prompts x 16 samples).
+Task:     5 operations on a start value, one-digit operands, + - *,
+          values <= 99.
+Model:    `tiny` preset (4 layers, D=128, GQA 4q/2kv, window 64): 829,568
+          params.
+Run time: SFT ~4-5 min on 2 idle cores (400 steps x batch 32, ~0.5 s/step),
+          plus ~1 min evaluation (64 test prompts x 16 samples).
 Measured: pass@1 0.410, pass@4 0.696, pass@16 0.891 (64 test prompts x 16); see
           experiments/2026-11-26_sft_base_policies/README.md.
 """

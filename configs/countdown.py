@@ -7,7 +7,8 @@ Hardware: 2 CPU cores, no accelerator.
 Task:     reach a target from 3 numbers <= 10 with + - *, one
           combination per line; a locally valid step can lead to a dead end.
 Model:    `tiny` preset (829,568 params).
-Run time: SFT ~4-5 min on 2 idle cores (400 steps x batch 32), ~1 min evaluation.
+Run time: SFT ~4-5 min on 2 idle cores (400 steps x batch 32), ~1 min
+          evaluation.
 Measured: pass@1 0.204, pass@4 0.514, pass@16 0.828 (64 test prompts x 16); see
           experiments/2026-11-26_sft_base_policies/README.md.
 """

@@ -98,7 +98,8 @@ class Checkpointer:
         "meta": ocp.args.JsonSave(meta),
     }
     if config is not None:
-      items["config"] = ocp.args.JsonSave(json.loads(json.dumps(config, default=str)))
+      items["config"] = ocp.args.JsonSave(
+          json.loads(json.dumps(config, default=str)))
     return self._mgr.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, abstract_state: Any, step: int | None = None
@@ -214,7 +215,8 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a tree of arrays."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       tree)
 
 

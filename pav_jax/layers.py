@@ -15,7 +15,8 @@ from flax import nnx
 
 from pav_jax import config as config_lib
 
-_NEG_INF = -2.3819763e38  # Large finite negative: fully masked rows stay finite.
+# Large finite negative: fully masked rows stay finite.
+_NEG_INF = -2.3819763e38
 
 
 def param(rngs: nnx.Rngs, shape, axes, scale: float | None = None) -> nnx.Param:
@@ -49,7 +50,8 @@ class RMSNorm(nnx.Module):
 def apply_rope(x_BTNH: jax.Array, pos_BT: jax.Array, base: float) -> jax.Array:
   """Rotary embedding, half-split convention (as Gemma / HF Gemma2)."""
   h = x_BTNH.shape[-1]
-  freq_H2 = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))  # as HF
+  # As HF.
+  freq_H2 = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
   angle_BTH2 = pos_BT.astype(jnp.float32)[..., None] * freq_H2[None, None]
   sin = jnp.sin(angle_BTH2)[:, :, None, :]
   cos = jnp.cos(angle_BTH2)[:, :, None, :]
@@ -77,12 +79,17 @@ def attention_mask(
 class Attention(nnx.Module):
   """Grouped-query attention with RoPE, soft-capping and optional window."""
 
-  def __init__(self, cfg: config_lib.ModelConfig, layer: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: config_lib.ModelConfig, layer: int, *,
+               rngs: nnx.Rngs):
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    self.q_DNH = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), d**-0.5)
-    self.k_DKH = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), d**-0.5)
-    self.v_DKH = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), d**-0.5)
-    self.o_NHD = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5)
+    self.q_DNH = param(rngs, (d, n, h), ("embed", "heads", "head_dim"),
+                       d**-0.5)
+    self.k_DKH = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"),
+                       d**-0.5)
+    self.v_DKH = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"),
+                       d**-0.5)
+    self.o_NHD = param(rngs, (n, h, d), ("heads", "head_dim", "embed"),
+                       (n * h) ** -0.5)
     self.num_kv_heads = k
     self.window = cfg.sliding_window if cfg.is_local(layer) else None
     self.query_scale = cfg.query_scale
@@ -153,7 +160,8 @@ class MLP(nnx.Module):
 
   def __call__(self, x_BTD: jax.Array) -> jax.Array:
     dt = x_BTD.dtype
-    gate_BTF = jax.nn.gelu(x_BTD @ self.gate_DF[...].astype(dt), approximate=True)
+    gate_BTF = jax.nn.gelu(x_BTD @ self.gate_DF[...].astype(dt),
+                           approximate=True)
     up_BTF = x_BTD @ self.up_DF[...].astype(dt)
     return (gate_BTF * up_BTF) @ self.down_FD[...].astype(dt)
 
@@ -161,7 +169,8 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
   """Gemma-2 decoder block: pre- and post-norms around attention and MLP."""
 
-  def __init__(self, cfg: config_lib.ModelConfig, layer: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: config_lib.ModelConfig, layer: int, *,
+               rngs: nnx.Rngs):
     d, eps = cfg.embed_dim, cfg.norm_eps
     self.pre_attn_norm = RMSNorm(d, eps, rngs=rngs)
     self.attn = Attention(cfg, layer, rngs=rngs)

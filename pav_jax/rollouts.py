@@ -87,9 +87,12 @@ def evaluate_policy(sampler, params, task, tok, examples, *, k: int,
   correct = np.array([[task.grade(ex, t) for t in ts]
                       for ex, ts in zip(examples, texts)], np.float64)
   c = correct.sum(1)
-  scores = {f"pass@{j}": float(metrics.pass_at_k(np.full_like(c, k), c, j).mean())
-            for j in (1, 4, 16, 64) if j <= k}
-  scores["mean_steps"] = float(np.mean([len(task.steps(t)) for ts in texts for t in ts]))
+  scores = {
+      f"pass@{j}": float(metrics.pass_at_k(np.full_like(c, k), c, j).mean())
+      for j in (1, 4, 16, 64) if j <= k
+  }
+  scores["mean_steps"] = float(
+      np.mean([len(task.steps(t)) for ts in texts for t in ts]))
   scores["truncated_frac"] = float(1.0 - ro.finished.mean())
   scores["generated_tokens"] = float(ro.generated_tokens)
   return PolicyEval(scores, correct, texts)

@@ -69,7 +69,8 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
       end_value=cfg.learning_rate * cfg.end_lr_fraction)
   return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
-      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
+                  weight_decay=cfg.weight_decay))
 
 
 def init_state(make_model: Callable[[], nnx.Module], tx, mesh, seed: int):
@@ -92,7 +93,8 @@ def init_state(make_model: Callable[[], nnx.Module], tx, mesh, seed: int):
   rep = sharding_lib.replicated(mesh)
   shardings = {
       "params": params_sh,
-      "opt_state": sharding_lib.opt_state_shardings(tx, abstract["params"], params_sh, mesh),
+      "opt_state": sharding_lib.opt_state_shardings(
+          tx, abstract["params"], params_sh, mesh),
       "step": rep,
       "rng": rep,
   }
@@ -122,7 +124,8 @@ def make_train_step(graphdef, loss_fn: LossFn, tx, state_shardings, mesh):
   """Jitted `step(state, batch) -> (state, metrics)` with donated state."""
 
   def step(state, batch):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]),
+                             state["step"])
     grad_fn = jax.value_and_grad(
         lambda p: loss_fn(graphdef, p, batch, rng), has_aux=True)
     (loss, metrics), grads = grad_fn(state["params"])
@@ -236,7 +239,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
       dropped += 1
   if dropped:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
     os.replace(tmp, path)
     log.info("%s: dropped %d rows after step %d (they are redone)", path,
              dropped, last_step)
@@ -355,7 +358,8 @@ def fit(
   (`dead_gradient`, final loss); see `read_train_summary`.
   """
   stage_dir = Path(stage_dir)
-  ckpt = ckpt_lib.Checkpointer(stage_dir / "checkpoints", max_to_keep=loop.max_to_keep)
+  ckpt = ckpt_lib.Checkpointer(stage_dir / "checkpoints",
+                               max_to_keep=loop.max_to_keep)
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       state, state_shardings)
@@ -432,7 +436,8 @@ def fit(
         "final_loss": float(last["loss"]) if "loss" in last else None,
         "final_grad_norm": (float(last["grad_norm"]) if "grad_norm" in last
                             else None)})
-  log.info("%s: %d steps in %.1fs", desc, loop.num_steps - start, time.time() - t0)
+  log.info("%s: %d steps in %.1fs", desc, loop.num_steps - start,
+           time.time() - t0)
   return state
 
 

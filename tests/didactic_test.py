@@ -359,7 +359,10 @@ def test_sft_in_chunks_equals_one_call():
   sft = jax.jit(functools.partial(rl.run_sft, graphdef, env=env, tx=tx,
                                   batch_size=8), static_argnames="n_iters")
   rng, state = jax.random.key(2), rl.init_state(params, tx)
-  it0 = lambda i: jnp.asarray(i, jnp.int32)  # Traced: one compile per size.
+
+  def it0(i):  # Traced: one compile per size.
+    return jnp.asarray(i, jnp.int32)
+
   one, _ = sft(state, data, rng, n_iters=6, it0=it0(0))  # Epoch ends at 5.
   half, _ = sft(state, data, rng, n_iters=3, it0=it0(0))
   two, _ = sft(half, data, rng, n_iters=3, it0=it0(3))

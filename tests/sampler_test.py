@@ -25,8 +25,10 @@ def model():
 def _sampler(model, **kw):
   cfg, graphdef, _ = model
   kw.setdefault("sampling", sampler_lib.SamplingConfig(temperature=1.0))
-  return sampler_lib.Sampler(graphdef, cfg, cache_size=kw.pop("cache_size", 256),
-                             eos_id=EOS, step_id=STEP, pad_id=PAD, buckets=kw.pop("buckets", (8, 16)), **kw)
+  return sampler_lib.Sampler(graphdef, cfg,
+                             cache_size=kw.pop("cache_size", 256),
+                             eos_id=EOS, step_id=STEP, pad_id=PAD,
+                             buckets=kw.pop("buckets", (8, 16)), **kw)
 
 
 PROMPTS = [[3, 4, 5], [6, 7, 8, 9, 10, 11], [12]]
@@ -43,7 +45,8 @@ def test_greedy_equals_repeated_full_forward_argmax(model):
       # Right-pad to a fixed width so the reference forward compiles once.
       tok = jnp.asarray([seq + [PAD] * (24 - len(seq))])
       valid = jnp.arange(24)[None] < len(seq)
-      logits, _ = fwd(graphdef, params, tok, tr.positions_from_mask(valid), valid)
+      logits, _ = fwd(graphdef, params, tok, tr.positions_from_mask(valid),
+                      valid)
       nxt = int(jnp.argmax(logits[0, len(seq) - 1]))
       assert nxt == int(out.tokens_BN[b, i]), (b, i)
       seq.append(nxt)
@@ -58,7 +61,8 @@ def test_logprobs_match_full_forward(model):
   n = int(out.length_B[0])
   seq = jnp.asarray([PROMPTS[0] + list(np.asarray(out.tokens_BN[0, :n]))])
   valid = jnp.ones_like(seq, bool)
-  logits, _ = tr.forward(graphdef, params, seq, tr.positions_from_mask(valid), valid)
+  logits, _ = tr.forward(graphdef, params, seq,
+                         tr.positions_from_mask(valid), valid)
   logp = jax.nn.log_softmax(logits[0], -1)
   p = len(PROMPTS[0])
   ref = [float(logp[p - 1 + i, seq[0, p + i]]) for i in range(n)]
@@ -96,10 +100,12 @@ def test_fork_equals_independent_rows_with_same_keys(model):
   for seed in range(20):  # a first step that ends at the delimiter, not EOS
     state = s.prefill(params, prompt, jax.random.key(seed))
     first = s.decode(params, state, max_new_tokens=12, stop_at_step=True)
-    if int(first.stop_B[0]) == sampler_lib.STEP_END and int(first.length_B[0]) > 1:
+    if (int(first.stop_B[0]) == sampler_lib.STEP_END
+        and int(first.length_B[0]) > 1):
       break
   assert int(first.stop_B[0]) == sampler_lib.STEP_END
-  prefix = prompt[0] + list(np.asarray(first.tokens_BN[0, : int(first.length_B[0])]))
+  prefix = prompt[0] + list(
+      np.asarray(first.tokens_BN[0, : int(first.length_B[0])]))
   n = 5
   keys = jax.random.split(jax.random.key(9), n)
   # decode donates its input state, keys included: hand it a copy.
@@ -119,15 +125,19 @@ def test_decode_compiles_once_per_bucket(model):
   for i, prompts in enumerate([[[3, 4]], [[5, 6, 7, 8, 9]], [[1] * 8]]):
     s.generate(params, prompts, jax.random.key(i), max_new_tokens=5)
   assert s.trace_counts == {"prefill": 1, "decode": 1}
-  s.generate(params, [[1] * 12], jax.random.key(0), max_new_tokens=5)  # bucket 16
+  # Bucket 16.
+  s.generate(params, [[1] * 12], jax.random.key(0), max_new_tokens=5)
   assert s.trace_counts == {"prefill": 2, "decode": 1}
 
 
 def test_top_k_one_is_greedy(model):
   _, _, params = model
-  greedy = _sampler(model, sampling=sampler_lib.SamplingConfig(temperature=0.0))
-  topk = _sampler(model, sampling=sampler_lib.SamplingConfig(temperature=1.0, top_k=1))
-  topp = _sampler(model, sampling=sampler_lib.SamplingConfig(temperature=1.0, top_p=1e-6))
+  greedy = _sampler(
+      model, sampling=sampler_lib.SamplingConfig(temperature=0.0))
+  topk = _sampler(
+      model, sampling=sampler_lib.SamplingConfig(temperature=1.0, top_k=1))
+  topp = _sampler(
+      model, sampling=sampler_lib.SamplingConfig(temperature=1.0, top_p=1e-6))
   a = greedy.generate(params, PROMPTS, jax.random.key(0), 8)
   b = topk.generate(params, PROMPTS, jax.random.key(1), 8)
   c = topp.generate(params, PROMPTS, jax.random.key(2), 8)
@@ -139,7 +149,8 @@ def test_top_p_keeps_nucleus():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   cfg = sampler_lib.SamplingConfig(temperature=1.0, top_p=0.7)
   keys = jax.random.split(jax.random.key(0), 2000)
-  toks = jax.vmap(lambda k: sampler_lib.sample_logits(logits, k[None], cfg))(keys)
+  toks = jax.vmap(
+      lambda k: sampler_lib.sample_logits(logits, k[None], cfg))(keys)
   assert set(np.unique(toks)) == {0, 1}
 
 
@@ -154,7 +165,8 @@ def test_prompt_longer_than_cache_fails_clearly(model):
 
 def test_cache_full_stops_rows(model):
   _, _, params = model
-  s = _sampler(model, cache_size=12, sampling=sampler_lib.SamplingConfig(temperature=0.0))
+  s = _sampler(model, cache_size=12,
+               sampling=sampler_lib.SamplingConfig(temperature=0.0))
   out = s.generate(params, [[3, 4, 5]], jax.random.key(0), max_new_tokens=20)
   assert int(out.length_B[0]) <= 12 - 8 + 1
   assert int(out.stop_B[0]) in (sampler_lib.CACHE_FULL, sampler_lib.EOS)

@@ -135,7 +135,8 @@ def test_arithmetic_noprogress_knob():
   def fillers(task):
     exs = task.examples("train", 400)
     return [
-        sum(l.startswith(("Left:", "Value:")) for l in ex.solution.split("\n"))
+        sum(line.startswith(("Left:", "Value:"))
+            for line in ex.solution.split("\n"))
         for ex in exs
     ], exs
 

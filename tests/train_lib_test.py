@@ -32,10 +32,12 @@ def _batch(step, b=16, t=12):
 
 
 def _train(mesh, steps=3):
-  tx = train_lib.make_optimizer(train_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1))
+  tx = train_lib.make_optimizer(
+      train_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1))
   state, sh, graphdef = train_lib.init_state(
       lambda: transformer.create(CFG, seed=0), tx, mesh, seed=0)
-  step = train_lib.make_train_step(graphdef, train_policy.sft_loss, tx, sh, mesh)
+  step = train_lib.make_train_step(graphdef, train_policy.sft_loss, tx, sh,
+                                   mesh)
   losses = []
   for i in range(steps):
     state, m = step(state, _batch(i))
@@ -46,11 +48,13 @@ def _train(mesh, steps=3):
 def test_sharded_train_step_equals_single_device():
   assert len(jax.devices()) == 8
   single, _, l1 = _train(sharding.make_mesh({"data": 1}, jax.devices()[:1]))
-  sharded, sh, l8 = _train(sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+  sharded, sh, l8 = _train(
+      sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
   # The big matrices really are split across devices.
   q = sharded["params"]["layer_0"]["attn"]["q_DNH"]
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
-  assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (16, 2, 8)
+  assert len(q.addressable_shards) == 8
+  assert q.addressable_shards[0].data.shape == (16, 2, 8)
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
   assert l1[-1] < l1[0]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6),
@@ -65,8 +69,9 @@ def test_checkpoint_round_trip_and_corrupt_fallback(tmp_path, caplog):
   state2 = jax.tree.map(lambda x: x + 1 if x.dtype == jnp.float32 else x, state)
   ck.save(2, state2, {"step": 2, "data_position": 2}, force=True)
   ck.wait()
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          state, sh)
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      state, sh)
   step, restored, meta = ck.restore(abstract)
   assert step == 2 and meta["data_position"] == 2
   jax.tree.map(np.testing.assert_array_equal, restored, state2)
@@ -89,7 +94,8 @@ def test_checkpoint_round_trip_and_corrupt_fallback(tmp_path, caplog):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   mesh = sharding.make_mesh({"data": 8})
-  tx = train_lib.make_optimizer(train_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1))
+  tx = train_lib.make_optimizer(
+      train_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1))
   state, sh, graphdef = train_lib.init_state(
       lambda: transformer.create(CFG, seed=0), tx, mesh, seed=0)
 
@@ -103,10 +109,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     return b
 
   step_fn = train_lib.make_train_step(graphdef, loss_fn, tx, sh, mesh)
-  with pytest.raises(FloatingPointError, match=r"step 5.*last good checkpoint is step 4"):
+  with pytest.raises(FloatingPointError,
+                     match=r"step 5.*last good checkpoint is step 4"):
     train_lib.fit(stage_dir=tmp_path, state=state, state_shardings=sh,
                   train_step=step_fn, batch_fn=batch_fn,
-                  loop=train_lib.LoopConfig(num_steps=10, ckpt_every=2, log_every=1))
+                  loop=train_lib.LoopConfig(num_steps=10, ckpt_every=2,
+                                            log_every=1))
   assert ckpt_lib.Checkpointer(tmp_path / "checkpoints").all_steps()[-1] == 4
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert len(lines) >= 4 and '"loss"' in lines[0]
@@ -204,7 +212,7 @@ def test_resumed_steps_are_not_written_twice_to_metrics(tmp_path):
   _fit(tmp_path, 4)
   shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed mid-save
   _fit(tmp_path, 5)
-  rows = [json.loads(l) for l in
+  rows = [json.loads(line) for line in
           (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
   assert "params_finite" not in rows[0]
@@ -222,10 +230,11 @@ def test_dead_gradient_is_flagged(tmp_path):
   rows = (tmp_path / "dead" / "metrics.jsonl").read_text()
   assert '"dead_gradient": 1.0' in rows
   _fit(tmp_path / "alive", 4, dead_check_steps=3)
-  assert train_lib.read_train_summary(tmp_path / "alive")["dead_gradient"] is False
+  summary = train_lib.read_train_summary(tmp_path / "alive")
+  assert summary["dead_gradient"] is False
 
 
-# Entry point (subprocesses) ----------------------------------------------------
+# Entry point (subprocesses) -------------------------------------------------
 
 TINY = [
     "--config.task.num_train=512", "--config.task.num_eval=8",
@@ -261,7 +270,8 @@ def _final_params(workdir):
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   steps = ["--config.sft.steps=24", "--config.sft.ckpt_every=8"]
   _main(tmp_path / "a", *steps)
-  killed = _main(tmp_path / "b", *steps, "--config.sft.kill_at_step=19", check=False)
+  killed = _main(tmp_path / "b", *steps, "--config.sft.kill_at_step=19",
+                 check=False)
   assert killed.returncode == -9, killed.stderr[-2000:]
   assert not (tmp_path / "b" / "sft" / "DONE.json").exists()
   resumed = _main(tmp_path / "b", *steps)
@@ -278,7 +288,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize("flag, message", [
     ("--config.model.num_layerz=2", "num_layerz"),
     ("--config.sft.steps=abc", "sft.steps"),
-    ("--config.model.vocab_size=100", "tokenizer has 320 pieces but the model's vocab_size is 100"),
+    ("--config.model.vocab_size=100",
+     "tokenizer has 320 pieces but the model's vocab_size is 100"),
     ("--config.stages=sft,nope", "unknown stage"),
 ])
 def test_bad_config_fails_with_clear_message(tmp_path, flag, message):

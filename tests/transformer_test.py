@@ -34,7 +34,8 @@ def test_cached_decode_matches_full_forward(num_kv_heads):
     out, cache = _fwd(graphdef, params, tok_BT[:, i:i + 1],
                             pos_BT[:, i:i + 1], valid_BT[:, i:i + 1], cache)
     outs.append(out)
-  np.testing.assert_allclose(jnp.concatenate(outs, 1), full_BTV, atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), full_BTV, atol=2e-5,
+                             rtol=1e-5)
   assert int(cache["index"]) == t
 
 
@@ -61,7 +62,8 @@ def test_padding_is_ignored():
   # Same tokens with garbage padding in the middle of the row.
   tok_p = jnp.concatenate([tok[:, :3], jnp.full((1, 2), 7), tok[:, 3:]], 1)
   valid_p = jnp.array([[1, 1, 1, 0, 0, 1, 1, 1]], bool)
-  out, _ = _fwd(graphdef, params, tok_p, tr.positions_from_mask(valid_p), valid_p)
+  out, _ = _fwd(graphdef, params, tok_p, tr.positions_from_mask(valid_p),
+                valid_p)
   np.testing.assert_allclose(out[:, valid_p[0]], ref, atol=2e-5)
 
 
@@ -72,7 +74,8 @@ def test_jit_equals_eager_and_bf16_close():
   valid = jnp.ones_like(tok, bool)
   pos = tr.positions_from_mask(valid)
   eager, _ = tr.forward(graphdef, params, tok, pos, valid)
-  jitted, _ = jax.jit(tr.forward, static_argnums=0)(graphdef, params, tok, pos, valid)
+  jitted, _ = jax.jit(tr.forward, static_argnums=0)(graphdef, params, tok,
+                                                    pos, valid)
   np.testing.assert_allclose(eager, jitted, atol=1e-5)
   graphdef16, _ = tr.split(tr.create(cfg.replace(dtype="bfloat16")))
   bf16, _ = tr.forward(graphdef16, params, tok, pos, valid)
@@ -98,7 +101,9 @@ def test_remat_gives_same_loss_and_grads():
   def loss(g, p):
     return jnp.mean(tr.forward(g, p, tok, pos, valid)[0] ** 2)
 
-  l1, g1 = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)(graphdef, params)
-  l2, g2 = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)(graphdef_r, params)
+  loss_and_grad = jax.jit(jax.value_and_grad(loss, argnums=1),
+                          static_argnums=0)
+  l1, g1 = loss_and_grad(graphdef, params)
+  l2, g2 = loss_and_grad(graphdef_r, params)
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g1, g2)

@@ -1,9 +1,8 @@
-"""Tests for pav_jax.workdir_lock: a second holder is refused, naming the first."""
+"""Tests for pav_jax.workdir_lock: a second holder is refused, naming it."""
 
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 

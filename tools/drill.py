@@ -33,7 +33,8 @@ import orbax.checkpoint as ocp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pav_jax import identity  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from pav_jax import identity  # noqa: E402 (needs ROOT on sys.path first)
 
 TINY = [  # as in tests/train_lib_test.py, plus stages=sft
     "--config.stages=sft",
@@ -65,9 +66,9 @@ def params_hash(workdir) -> str:
 
 def metrics_unique(workdir) -> bool:
   path = pathlib.Path(workdir) / "sft" / "metrics.jsonl"
-  steps = [json.loads(l)["step"] for l in path.read_text().splitlines()]
-  train_steps = [s for s, l in zip(steps, path.read_text().splitlines())
-                 if '"loss"' in l]
+  steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+  train_steps = [s for s, line in zip(steps, path.read_text().splitlines())
+                 if '"loss"' in line]
   return len(train_steps) == len(set(train_steps))
 
 

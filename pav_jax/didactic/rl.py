@@ -7,7 +7,8 @@ before `jax.jit`. Runs (prover gamma x seed) are vmapped, iterations scanned.
 Per-step weight of step h of response b (Eq. 5 of the paper, minus a
 baseline):
 
-  w_bh = (Qhat^pi(s_h, a_h) - b_b) + alpha (A^mu(s_h, a_h) - E_{a~pi} A^mu(s_h, a))
+  w_bh = (Qhat^pi(s_h, a_h) - b_b)
+         + alpha (A^mu(s_h, a_h) - E_{a~pi} A^mu(s_h, a))
 
 * Qhat^pi is either the sampled return R_b (an unbiased one-rollout MC
   estimate, `q_estimator='return'`) or the mean of n fresh rollouts after

@@ -151,8 +151,10 @@ def main(argv):
   count = jax.jit(jax.vmap(
       functools.partial(success_counts_fn, graphdef, env,
                         cfg.eval.pass_samples)))
-  pick = lambda p, i: jax.tree.map(lambda x: x[i * n_seeds:(i + 1) * n_seeds],
-                                   p)
+
+  def pick(p, i):
+    return jax.tree.map(lambda x: x[i * n_seeds:(i + 1) * n_seeds], p)
+
   rng_pass = jax.random.split(jax.random.fold_in(rng, 2), n_seeds)
   n_pass = cfg.eval.pass_samples
   counts = {

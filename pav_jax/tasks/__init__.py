@@ -17,6 +17,19 @@ from pav_jax.tasks.base import Task
 from pav_jax.tasks.registry import get_task
 from pav_jax.tasks.registry import TASKS
 
+# Re-exported API (`load_examples` is resolved lazily by `__getattr__`).
+__all__ = [
+    "ANSWER_PREFIX",
+    "Example",
+    "find_data_dir",
+    "join_steps",
+    "split_steps",
+    "STEP_DELIMITER",
+    "Task",
+    "get_task",
+    "TASKS",
+]
+
 
 def __getattr__(name: str) -> Any:
   # tensorflow_datasets is imported only when TFDS loading is used.

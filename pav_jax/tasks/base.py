@@ -133,7 +133,8 @@ def split_rng(name: str, split: str, seed: int) -> random.Random:
   return random.Random(f"{name}/{split}/{seed}")
 
 
-def generate_split(task, split: str, num: int | None, seed: int) -> list[Example]:
+def generate_split(task, split: str, num: int | None,
+                   seed: int) -> list[Example]:
   """`num` (default 1000) seeded problems of a synthetic task in `split`.
 
   `task._generate(rng, uid)` draws one problem; problems are kept when their
