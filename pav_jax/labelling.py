@@ -16,6 +16,11 @@ cannot reuse π's cache: each prefix is prefilled once by μ and forked n_mc.
 `mode="reprefill"` instead prefills every continuation separately: the
 baseline of the forking benchmark, and the reference of the equality test.
 
+A step ends at any token whose piece holds the delimiter "\n" (the
+sampler's `step_id`, an id or a tuple of ids: `Tokenizer.step_ids`, so a
+merged "\n\n" piece of a real vocabulary ends a step too); the verifier
+reads its values at the same tokens (`verifier.boundary_mask`).
+
 Value layout, shared with `verifier.prefix_values`: `q_NP[:, 0]` = V(s_1),
 `q_NP[:, h]` = Q(s_h, a_h) = V(s_{h+1}); `mask_NP` marks real prefixes.
 
@@ -106,7 +111,8 @@ class LabelConfig:
     if self.mode not in ("fork", "reprefill"):
       raise ValueError(f"mode must be 'fork' or 'reprefill', got {self.mode!r}")
     if min(self.n_cov, self.n_mc, self.max_steps, self.prompts_per_chunk) < 1:
-      raise ValueError(f"n_cov, n_mc, max_steps, prompts_per_chunk must be >= 1: {self}")
+      raise ValueError("n_cov, n_mc, max_steps, prompts_per_chunk must be"
+                       f" >= 1: {self}")
 
   @property
   def num_prefixes(self) -> int:
@@ -155,7 +161,8 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
   budget = Budget()
   real = len(prompts)
   if real > cfg.prompts_per_chunk:
-    raise ValueError(f"{real} prompts exceed prompts_per_chunk {cfg.prompts_per_chunk}")
+    raise ValueError(f"{real} prompts exceed prompts_per_chunk"
+                     f" {cfg.prompts_per_chunk}")
   prompts = [list(p) for p in prompts]
   prompts += [prompts[0]] * (cfg.prompts_per_chunk - real)
   c, n_cov, n_mc, p_max = len(prompts), cfg.n_cov, cfg.n_mc, cfg.num_prefixes
@@ -211,13 +218,15 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
   if succ_mu is not None:
     mu_succ[:, 0] = succ_mu[prompt_of_row]
 
-  seed_keys = jax.vmap(lambda r: jax.random.fold_in(k_seed, r))(jnp.arange(r_total))
+  seed_keys = jax.vmap(lambda r: jax.random.fold_in(k_seed, r))(
+      jnp.arange(r_total))
   seed = sampler_lib.fork(state, n_cov, key_B=seed_keys)
   del state
   for h in range(1, cfg.max_steps + 1):
     out = sampler.decode(params, seed, cfg.max_step_tokens, stop_at_step=True)
     seed = out.state
-    toks, lens, stops = jax.device_get((out.tokens_BN, out.length_B, out.stop_B))
+    toks, lens, stops = jax.device_get(
+        (out.tokens_BN, out.length_B, out.stop_B))
     budget.sampled_tokens += int(lens[running[:]].sum())
     for r in np.flatnonzero(running):
       resp[r] += toks[r, : lens[r]].tolist()
@@ -251,7 +260,8 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
     else:
       break
   # Rows running at max_steps are truncated (their last step had no label).
-  n_prefix = np.where(running & (n_prefix > cfg.max_steps), cfg.max_steps, n_prefix)
+  n_prefix = np.where(running & (n_prefix > cfg.max_steps), cfg.max_steps,
+                      n_prefix)
 
   n = real * n_cov
   outcome = np.zeros(r_total, np.float32)
@@ -272,8 +282,11 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
     tokens[r, : len(row)] = row
   arrays = {
       "tokens_NT": tokens,
-      "prompt_len_N": np.array([len(prompts[prompt_of_row[r]]) for r in range(n)], np.int32),
-      "response_len_N": np.array([min(len(resp[r]), cfg.max_new_tokens + 1) for r in range(n)], np.int32),
+      "prompt_len_N": np.array(
+          [len(prompts[prompt_of_row[r]]) for r in range(n)], np.int32),
+      "response_len_N": np.array(
+          [min(len(resp[r]), cfg.max_new_tokens + 1) for r in range(n)],
+          np.int32),
       "num_prefixes_N": n_prefix[:n].astype(np.int32),
       "outcome_N": outcome[:n],
       "finished_N": finished[:n],
@@ -303,7 +316,7 @@ def label_dataset(directory: str | Path, sampler, params,
                   prover: Prover | None = None, config: dict | None = None,
                   max_chunks: int | None = None,
                   cache_key: str = "label.cache_size") -> dict:
-  """Labels all prompts chunk by chunk into `directory`; resumes; returns manifest.
+  """Labels all prompts chunk by chunk into `directory` (resumes); manifest.
 
   `identity` (JSON-able: tokenizer sha256, step/eos ids, policy checkpoint,
   prover ...) must match an existing manifest. `max_chunks` stops after that
@@ -318,7 +331,8 @@ def label_dataset(directory: str | Path, sampler, params,
     directory.mkdir(parents=True, exist_ok=True)
   labelled_set.sync(f"label_dataset:{directory}:mkdir")
   identity = json.loads(json.dumps(dict(
-      identity, label_config=dataclasses.asdict(cfg), num_prompts=len(prompts))))
+      identity, label_config=dataclasses.asdict(cfg),
+      num_prompts=len(prompts))))
   manifest = labelled_set.open_manifest(directory, identity, config,
                                         Budget().to_dict())
   chunk = cfg.prompts_per_chunk
@@ -383,10 +397,13 @@ def run_label(run: run_lib.Run) -> dict:
       ("eval", "test", lc.num_eval_prompts, "label_eval")):
     exs = run.examples(task_split, num, stream)
     prompts = run.encode_prompts(exs)
-    grade = lambda i, ids, exs=exs: run.task.grade(exs[i], run.tok.decode(ids))
+
+    def grade(i, ids, exs=exs):
+      return run.task.grade(exs[i], run.tok.decode(ids))
+
     t0 = time.time()
-    m = label_dataset(workdir / "label" / split, sampler, params, prompts, grade,
-                      run.key(stream), cfg, dict(identity, split=split),
+    m = label_dataset(workdir / "label" / split, sampler, params, prompts,
+                      grade, run.key(stream), cfg, dict(identity, split=split),
                       prover, config.to_dict())
     data = labelled_set.load_labelled(workdir / "label" / split)
     b = m["budget"]
@@ -397,12 +414,14 @@ def run_label(run: run_lib.Run) -> dict:
                     "cache_full_biased": int(b.get("cache_full_biased", 0)),
                       "seconds": time.time() - t0}
     print(f"label/{split}: {m['counts']} budget {b}")
-    md.append(f"| {split} | {m['counts']['prompts']} | {m['counts']['rollouts']} | "
+    md.append(f"| {split} | {m['counts']['prompts']} | "
+              f"{m['counts']['rollouts']} | "
               f"{m['counts']['prefixes']} | {b['sampled_tokens']} | "
               f"{b['prefilled_tokens']} | {b['mc_rollouts']} | "
               f"{summary[split]['cache_full']} "
               f"({summary[split]['cache_full_biased']}) | "
-              f"{summary[split]['mean_v1']:.3f} | {summary[split]['outcome']:.3f} | "
+              f"{summary[split]['mean_v1']:.3f} | "
+              f"{summary[split]['outcome']:.3f} | "
               f"{summary[split]['seconds']:.0f} |")
   summary["report_md"] = (
       f"MC labels: n_cov={cfg.n_cov}, n_mc={cfg.n_mc}, mode={cfg.mode} "
