@@ -506,9 +506,17 @@ def strong_model(run: run_lib.Run, policy_params) -> tuple[object, dict]:
   info_path = out / "eval.json"
   t0 = time.time()
   if (out / "params").exists() and info_path.exists():
+    info = json.loads(info_path.read_text())
+    made = (info.get("strong_sft_steps"),
+            info.get("strong_learning_rate", vc.strong_learning_rate))
+    if made != (steps, vc.strong_learning_rate):
+      raise ValueError(
+          f"{out} holds a strong model of (steps, lr) = {made}, the config "
+          f"asks for {(steps, vc.strong_learning_rate)}: delete {out} to "
+          "retrain it")
     _, params = run.load_params_dir(
         out / "params", lambda: transformer.create(run.model_cfg))
-    return params, json.loads(info_path.read_text())
+    return params, info
   train = run.examples("train", config.task.num_train)
   data = sft_lib.encode_sft(run.tok, [run.task.prompt(e) for e in train],
                             [e.solution for e in train], config.sft.max_len)
@@ -523,7 +531,9 @@ def strong_model(run: run_lib.Run, policy_params) -> tuple[object, dict]:
       run.sampler(graphdef), params, run.task, run.tok, test, k=k,
       max_new_tokens=config.sample.max_new_tokens,
       rng=run.key("policy_eval"), batch_rows=config.eval.batch_rows)
-  info = {"strong_sft_steps": steps, "strong_test": ev.metrics,
+  info = {"strong_sft_steps": steps,
+          "strong_learning_rate": vc.strong_learning_rate,
+          "strong_test": ev.metrics,
           "strong_seconds": time.time() - t0, "eval_samples": k}
   if jax.process_index() == 0:
     info_path.write_text(json.dumps(info, indent=2, default=float))

@@ -182,3 +182,44 @@ def test_training_arrays_kinds_and_eval_metrics(tmp_path):
   assert metrics.best_threshold_error(
       np.array([0.1, 0.9]), np.array([0, 1]), np.array([0.2, 0.7]),
       np.array([0, 1])) == 0.0
+
+
+def test_tiny_verifiers_stage_with_strong_model(tmp_path):
+  """sft -> label -> verifiers (strong SFT of 2 steps, default design) on a
+  tiny model, through the entry point; the stage exports the strong model
+  and both verifiers, reports the diagnostics, and a rerun reuses them."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  root = Path(__file__).resolve().parents[1]
+  tiny = [
+      "--config.task.num_train=256", "--config.task.num_eval=8",
+      "--config.model.num_layers=1", "--config.model.embed_dim=32",
+      "--config.model.hidden_dim=64", "--config.model.num_heads=2",
+      "--config.model.num_kv_heads=1", "--config.model.head_dim=16",
+      "--config.sft.batch_size=16", "--config.sft.max_len=80",
+      "--config.sft.warmup_steps=1", "--config.sft.steps=2",
+      "--config.eval.num_prompts=2", "--config.eval.samples_per_prompt=2",
+      "--config.eval.batch_rows=8", "--config.sample.max_new_tokens=40",
+      "--config.sample.cache_size=96", "--config.label.num_prompts=4",
+      "--config.label.n_cov=2", "--config.label.n_mc=2",
+      "--config.label.num_eval_prompts=4", "--config.label.max_steps=6",
+      "--config.label.cache_size=96", "--config.label.prompts_per_chunk=4",
+      "--config.verifier.strong_sft_steps=2", "--config.verifier.steps=3",
+      "--config.verifier.batch_size=4", "--config.verifier.ckpt_every=3",
+      "--config.stages=sft,label,verifiers"]
+  cmd = [sys.executable, "-m", "pav_jax.main", "--config=configs/demo.py",
+         f"--workdir={tmp_path}", *tiny]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ver = tmp_path / "verifiers"
+  for d in ("strong/params", "orm/params", "prm_q/params"):
+    assert (ver / d).exists(), d
+  ev = json.loads((ver / "eval.json").read_text())
+  assert ev["design"] == "lp_features" and ev["strong_sft_steps"] == 2
+  assert len(ev["prm_q/lp_w"]) == 2 and "top1" in ev
+  assert "top-1 false-positive rate" in (tmp_path / "report.md").read_text()
