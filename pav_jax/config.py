@@ -126,6 +126,24 @@ class ModelConfig:
     )
 
   @classmethod
+  def small(cls, vocab_size: int = 256) -> "ModelConfig":
+    """CPU preset, ~4.8M parameters (vocab 320): a verifier larger than
+    `tiny` (issue 11); same Gemma-2 features."""
+    return cls(
+        vocab_size=vocab_size,
+        num_layers=6,
+        embed_dim=256,
+        hidden_dim=768,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        attn_logits_soft_cap=50.0,
+        final_logit_soft_cap=30.0,
+        sliding_window=64,
+        max_seq_len=512,
+    )
+
+  @classmethod
   def gemma2_2b(cls) -> "ModelConfig":
     return cls(
         vocab_size=256_000, num_layers=26, embed_dim=2304, hidden_dim=9216,
@@ -152,6 +170,7 @@ class ModelConfig:
 
 PRESETS = {
     "tiny": ModelConfig.tiny,
+    "small": ModelConfig.small,
     "gemma2_2b": ModelConfig.gemma2_2b,
     "gemma2_9b": ModelConfig.gemma2_9b,
     "gemma2_27b": ModelConfig.gemma2_27b,
