@@ -71,3 +71,17 @@ def test_parse_int_list():
                      match="search.ns must be a comma-separated list of "
                            "positive integers, got '2,x'"):
     config_checks.parse_int_list("search.ns", "2,x")
+
+
+def test_new_search_verifier_and_rl_keys_are_checked_at_load_time():
+  c = defaults.base_config()
+  c.search.beam_start = "two"
+  c.search.mc_rollouts = -1
+  c.verifier.design = "probe"
+  c.rl.estimator = "gae"
+  c.rl.scorer = "oracle"
+  c.rl.policy_lr = 0.0
+  found = "\n".join(config_checks.errors(c))
+  for key in ("search.beam_start", "search.mc_rollouts", "verifier.design",
+              "rl.estimator", "rl.scorer", "rl.policy_lr"):
+    assert key in found
