@@ -20,6 +20,8 @@ from pav_jax import hf_gemma
 from pav_jax import rollouts
 from pav_jax import run_lib
 from pav_jax import sft_lib
+from pav_jax import sharding as sharding_lib
+from pav_jax import train_lib
 from pav_jax import transformer
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,13 @@ sft_loss = sft_lib.sft_loss
 # Initial params ------------------------------------------------------------------
 
 
-def load_init_params(path: str, model_cfg: config_lib.ModelConfig):
-  """Params from an HF Gemma-2 directory or an orbax params dir ("" = None)."""
+def load_init_params(path: str, model_cfg: config_lib.ModelConfig,
+                     mesh=None):
+  """Params from an HF Gemma-2 directory or an orbax params dir ("" = None).
+
+  Both land sharded on `mesh` (default: the entered one), never whole on
+  one device first.
+  """
   if not path:
     return None
   if (Path(path) / "config.json").exists():
@@ -47,8 +54,13 @@ def load_init_params(path: str, model_cfg: config_lib.ModelConfig):
     return hf_gemma.load_params(
         path, model_cfg, "float32",
         shardings=hf_gemma.mesh_shardings(model_cfg))
-  _, abstract = transformer.abstract_params(model_cfg)
-  return ckpt_lib.load_params(path, abstract)
+  mesh = sharding_lib.current_mesh(mesh)
+  if mesh is None:  # one device: restore onto it
+    _, abstract = transformer.abstract_params(model_cfg)
+    return ckpt_lib.load_params(path, abstract)
+  _, params = train_lib.load_params(
+      path, lambda: transformer.create(model_cfg), mesh)
+  return params
 
 
 # The stage --------------------------------------------------------------------
@@ -84,7 +96,8 @@ def run_sft(run: run_lib.Run) -> dict:
       prompts=[run.task.prompt(e) for e in train],
       responses=[e.solution for e in train],
       steps=config.sft.steps, learning_rate=config.sft.learning_rate,
-      init_params=load_init_params(config.init_checkpoint, run.model_cfg))
+      init_params=load_init_params(config.init_checkpoint, run.model_cfg,
+                                   run.mesh))
   sampler = run.sampler(graphdef)
   test = run.examples("test", config.eval.num_prompts)
   ev = _evaluate_test(run, sampler, params, test)

@@ -25,3 +25,18 @@ def test_load_init_params_hf_lands_sharded_on_the_mesh():
   assert any(len({s.data.shape for s in x.addressable_shards}) == 1
              and x.addressable_shards[0].data.size < x.size for x in leaves)
   assert all(len(x.sharding.device_set) == 8 for x in leaves)
+
+
+def test_load_init_params_orbax_dir_restores_under_an_entered_mesh(tmp_path):
+  from pav_jax import checkpoint
+  from pav_jax import config as config_lib
+  from pav_jax import transformer
+  cfg = config_lib.PRESETS["tiny"]().replace(vocab_size=64)
+  _, params = transformer.split(transformer.create(cfg, seed=3))
+  checkpoint.save_params(tmp_path / "params", params)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+  with jax.set_mesh(mesh):  # failed with "AbstractMesh" before
+    got = train_policy.load_init_params(str(tmp_path / "params"), cfg)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert all(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(got))
