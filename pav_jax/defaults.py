@@ -25,7 +25,8 @@ def config_file_module(name: str):
   return module
 
 
-def model_section(preset: str = "tiny", **overrides) -> ml_collections.ConfigDict:
+def model_section(preset: str = "tiny",
+                  **overrides) -> ml_collections.ConfigDict:
   cfg = config_lib.PRESETS[preset]().replace(**overrides)
   d = dataclasses.asdict(cfg)
   # ConfigDict fields typed None accept nothing else from the command line;
@@ -211,7 +212,8 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def gemma_math_sft(*, preset: str, arg: str, hardware: dict, learning_rate: float,
+def gemma_math_sft(*, preset: str, arg: str, hardware: dict,
+                   learning_rate: float,
                    init_checkpoint: str, tokenizer: str, eval_batch_rows: int
                    ) -> ml_collections.ConfigDict:
   """MATH SFT of a real Gemma-2 shape with the paper's hyper-parameters.
@@ -220,7 +222,8 @@ def gemma_math_sft(*, preset: str, arg: str, hardware: dict, learning_rate: floa
   configs/gemma2_*.py, which document each preset's meshes.
   """
   if arg not in hardware:
-    raise ValueError(f"unknown hardware {arg!r} for {preset}; one of {sorted(hardware)}")
+    raise ValueError(f"unknown hardware {arg!r} for {preset}; one of "
+                     f"{sorted(hardware)}")
   mesh, multi_host, _, _, _ = hardware[arg]
   c = base_config()
   c.stages = "sft"

@@ -188,7 +188,8 @@ def get_tokenizer(config, workdir: Path, task) -> tok_lib.Tokenizer:
           how_to_fix=("restore the old tokenizer settings, or use a new "
                       "--workdir (a new vocabulary invalidates every stage)"))
     return tok_lib.Tokenizer.load(path)
-  exs = task.examples("train", min(config.task.num_train, 5000), seed=config.seed)
+  exs = task.examples("train", min(config.task.num_train, 5000),
+                      seed=config.seed)
   texts = [task.prompt(e) + e.solution for e in exs]
   workdir.mkdir(parents=True, exist_ok=True)
   tok = tok_lib.train_tokenizer(texts, workdir / "tokenizer",

@@ -1,7 +1,8 @@
 """SFT (and RFT) of the base policy: masked next-token cross-entropy.
 
 The trainer core (data, sharded state, step, resumable loop) lives in
-`sft_lib`, shared with the rl stage's RFT init. This stage writes into `<workdir>/sft/`:
+`sft_lib`, shared with the rl stage's RFT init. This stage writes into
+`<workdir>/sft/`:
   checkpoints/, metrics.jsonl, tb/, params/ (export), eval.json, DONE.json.
 """
 
@@ -31,7 +32,7 @@ encode_sft = sft_lib.encode_sft
 sft_loss = sft_lib.sft_loss
 
 
-# Initial params ------------------------------------------------------------------
+# Initial params --------------------------------------------------------------
 
 
 def load_init_params(path: str, model_cfg: config_lib.ModelConfig,
@@ -44,7 +45,8 @@ def load_init_params(path: str, model_cfg: config_lib.ModelConfig,
   if not path:
     return None
   if (Path(path) / "config.json").exists():
-    hf_cfg = hf_gemma.config_from_hf(hf_gemma.read_hf_config(path), model_cfg.dtype)
+    hf_cfg = hf_gemma.config_from_hf(hf_gemma.read_hf_config(path),
+                                     model_cfg.dtype)
     if dataclasses.replace(hf_cfg, dtype=model_cfg.dtype, remat=model_cfg.remat,
                            max_seq_len=model_cfg.max_seq_len) != model_cfg:
       raise ValueError(
@@ -108,7 +110,8 @@ def run_sft(run: run_lib.Run) -> dict:
   result.update(
       seconds=time.time() - t0,
       num_params=run.model_cfg.num_params(),
-      samples=[{"question": ex.question, "response": ts[0], "correct": bool(c[0])}
+      samples=[{"question": ex.question, "response": ts[0],
+                "correct": bool(c[0])}
                for ex, ts, c in zip(test[:4], ev.texts, ev.correct)])
   if jax.process_index() == 0:
     (stage_dir / "eval.json").write_text(json.dumps(result, indent=2))
@@ -124,7 +127,8 @@ def run_rft(run: run_lib.Run, sampler, params, test):
       sampler, params, run.task, run.tok, exs, k=r.samples_per_prompt,
       max_new_tokens=config.sample.max_new_tokens,
       rng=run.key("rft_samples"), batch_rows=config.eval.batch_rows)
-  pairs = {(run.task.prompt(ex), t) for ex, ts, cs in zip(exs, ev.texts, ev.correct)
+  pairs = {(run.task.prompt(ex), t)
+           for ex, ts, cs in zip(exs, ev.texts, ev.correct)
            for t, c in zip(ts, cs) if c}
   if not pairs:
     raise RuntimeError("RFT found no correct sample: train SFT longer first")

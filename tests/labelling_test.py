@@ -34,7 +34,9 @@ def automaton_lm(env: env_lib.Env, gamma: float):
   probs = env_lib.prover_probs(env, gamma)
   vocab = SYM0 + env.vocab - 1
   n_z = k_states * (el + 1) * 2
-  enc = lambda k, h, w: k + k_states * (h + (el + 1) * w)
+  def enc(k, h, w):
+    return k + k_states * (h + (el + 1) * w)
+
   nxt = np.zeros((n_z, vocab), np.int32)
   logits = np.full((n_z, vocab), -1e9, np.float32)
   for k in range(k_states):
@@ -65,8 +67,8 @@ def automaton_lm(env: env_lib.Env, gamma: float):
         pos_BS = cache["pos"]
         zs_BS = cache["layers"]["layer_0"]["k"][:, :, 0, 0].astype(jnp.int32)
         last_B = jnp.argmax(pos_BS, axis=1)
-        z0_B = jnp.where(jnp.any(pos_BS >= 0, axis=1),
-                         jnp.take_along_axis(zs_BS, last_B[:, None], 1)[:, 0], 0)
+        last_z_B = jnp.take_along_axis(zs_BS, last_B[:, None], 1)[:, 0]
+        z0_B = jnp.where(jnp.any(pos_BS >= 0, axis=1), last_z_B, 0)
 
       def body(z_B, xs):
         tok_B, ok_B = xs
@@ -85,10 +87,12 @@ def automaton_lm(env: env_lib.Env, gamma: float):
       upd_BTKH = jnp.broadcast_to(z_BT.astype(k_BSKH.dtype)[:, :, None, None],
                                   z_BT.shape + k_BSKH.shape[2:])
       new = {
-          "pos": jax.lax.dynamic_update_slice(cache["pos"], kpos_BT, (zero, index)),
+          "pos": jax.lax.dynamic_update_slice(cache["pos"], kpos_BT,
+                                              (zero, index)),
           "index": index + tokens_BT.shape[1],
           "layers": {"layer_0": {
-              "k": jax.lax.dynamic_update_slice(k_BSKH, upd_BTKH, (zero, index, zero, zero)),
+              "k": jax.lax.dynamic_update_slice(
+                  k_BSKH, upd_BTKH, (zero, index, zero, zero)),
               "v": cache["layers"]["layer_0"]["v"]}},
       }
       return out_BTV, new
@@ -119,8 +123,11 @@ def test_mc_labels_match_exact_dp_values_for_pi_and_checkpoint_prover():
   g_pi, g_mu = 1.5, 4.0
   gd, params, cfg = automaton_lm(env, g_pi)
   gd_mu, params_mu, _ = automaton_lm(env, g_mu)
-  mk = lambda g: sampler_lib.Sampler(g, cfg, cache_size=64, eos_id=EOS,
-                                     step_id=STEP, pad_id=PAD)
+
+  def mk(g):
+    return sampler_lib.Sampler(g, cfg, cache_size=64, eos_id=EOS,
+                               step_id=STEP, pad_id=PAD)
+
   lc = labelling.LabelConfig(n_cov=4, n_mc=32, max_new_tokens=2 * env.length,
                              max_step_tokens=2, max_steps=env.length,
                              prompts_per_chunk=16, row_buckets=1)
@@ -194,12 +201,14 @@ def test_pure_prover_math():
   q_NP = jnp.array([[0.2, 0.5, 0.0, 1.0], [0.4, 0.4, 0.9, 0.0]])
   m_NP = jnp.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool)
   a = advantages.prover_advantages(q_NP, m_NP)
-  np.testing.assert_allclose(a, [[0, 0.3, -0.5, 1.0], [0, 0.0, 0.5, 0]], atol=1e-6)
+  np.testing.assert_allclose(a, [[0, 0.3, -0.5, 1.0], [0, 0.0, 0.5, 0]],
+                             atol=1e-6)
   a4 = advantages.prover_advantages(q_NP, m_NP, prover_k=4)
   bq = 1 - (1 - np.asarray(q_NP)) ** 4
   np.testing.assert_allclose(a4[0, 1:], np.diff(bq[0]), atol=1e-6)
-  np.testing.assert_allclose(advantages.effective_rewards(q_NP, a, m_NP, 0.5)[1],
-                             [0.4, 0.4, 1.15, 0.0], atol=1e-6)
+  np.testing.assert_allclose(
+      advantages.effective_rewards(q_NP, a, m_NP, 0.5)[1],
+      [0.4, 0.4, 1.15, 0.0], atol=1e-6)
   w = advantages.class_balance_weights(q_NP, m_NP)
   hi = (np.asarray(q_NP) >= 0.5) & np.asarray(m_NP)
   assert np.isclose(w[hi].sum(), w[~hi & np.asarray(m_NP)].sum())
@@ -221,9 +230,10 @@ def test_resume_and_refuse_mismatched_or_corrupt_sets(tmp_path):
                           pad_id=PAD)
   prompts = [[BOS, 5 + i % 3, STEP] for i in range(6)]
   lc = labelling.LabelConfig(n_cov=2, n_mc=2, max_new_tokens=12,
-                             max_step_tokens=6, max_steps=3, prompts_per_chunk=2,
-                             row_buckets=1)
-  ident = {"tokenizer_sha256": "abc", "step_id": STEP, "eos_id": EOS, "pad_id": PAD}
+                             max_step_tokens=6, max_steps=3,
+                             prompts_per_chunk=2, row_buckets=1)
+  ident = {"tokenizer_sha256": "abc", "step_id": STEP, "eos_id": EOS,
+           "pad_id": PAD}
   full = _run(tmp_path / "full", s, params, prompts, lc, ident)
   assert full["complete"] and full["counts"]["rollouts"] == 12
   part = _run(tmp_path / "part", s, params, prompts, lc, ident, max_chunks=1)
@@ -234,7 +244,8 @@ def test_resume_and_refuse_mismatched_or_corrupt_sets(tmp_path):
   done = _run(tmp_path / "part", s, params, prompts, lc, ident)
   assert done["complete"]
   assert (tmp_path / "part" / "shard_00000.npz").stat().st_mtime_ns == mtime
-  a, b = labelled_set.load_labelled(tmp_path / "full"), labelled_set.load_labelled(tmp_path / "part")
+  a = labelled_set.load_labelled(tmp_path / "full")
+  b = labelled_set.load_labelled(tmp_path / "part")
   for k in a:
     if k != "manifest":
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -243,7 +254,8 @@ def test_resume_and_refuse_mismatched_or_corrupt_sets(tmp_path):
   with pytest.raises(labelled_set.LabelledSetError, match="step_id"):
     _run(tmp_path / "full", s, params, prompts, lc, dict(ident, step_id=9))
   with pytest.raises(labelled_set.LabelledSetError, match="tokenizer_sha256"):
-    labelled_set.load_labelled(tmp_path / "full", expect={"tokenizer_sha256": "zzz"})
+    labelled_set.load_labelled(tmp_path / "full",
+                               expect={"tokenizer_sha256": "zzz"})
   # Corruption: a flipped shard byte, a broken manifest.
   shard = tmp_path / "full" / "shard_00001.npz"
   data = bytearray(shard.read_bytes())
