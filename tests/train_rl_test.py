@@ -121,7 +121,7 @@ def _update(cfg, mesh, params, batch, steps=1):
   graphdef = tr.split(tr.create(CFG))[0]
   tx = train_rl.make_optimizer(cfg)
   state, shard, ref = train_rl.init_state(params, CFG, tx, mesh, seed=0)
-  vgd = tr.split(verifier.create(CFG))[0]
+  vgd = tr.split(train_rl.create_value_model(CFG))[0]
   step = train_rl.make_update_step(graphdef, vgd, tx, shard, mesh, cfg,
                                    step_id=STEP, eos_id=EOS)
   ms = []
@@ -169,7 +169,8 @@ def test_sharded_update_equals_single_device(shape):
   # Adam's first steps are ~ lr * sign(g): float noise on near-zero
   # gradients moves a few entries by up to ~lr/10, so compare the updates
   # in aggregate and bound the worst entry.
-  init = {"policy": params, "value": verifier.params_from_policy(params, CFG)}
+  init = {"policy": params,
+          "value": train_rl.value_params_from_policy(params, CFG)}
   d8 = jax.tree.leaves(jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b),
                                     s8["params"], init))
   d1 = jax.tree.leaves(jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b),
@@ -218,8 +219,8 @@ def test_alpha_zero_is_exactly_orm_rl():
                               batch["tokens_BT"], batch["response_mask_BT"],
                               jnp.asarray(outcome)))
   np.testing.assert_array_equal(tg_orm["returns_BH"], tg["returns_BH"])
-  vgd = tr.split(verifier.create(CFG))[0]
-  vp = verifier.params_from_policy(params, CFG)
+  vgd = tr.split(train_rl.create_value_model(CFG))[0]
+  vp = train_rl.value_params_from_policy(params, CFG)
   vp["head_D"] = vp["head_D"] + 0.1  # a non-trivial value baseline
   full = {"policy": params, "value": vp}
   orm_batch = dict(batch, returns_BH=tg_orm["returns_BH"])

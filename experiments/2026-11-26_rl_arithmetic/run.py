@@ -75,6 +75,9 @@ def aggregate(results: dict, chosen: float, alpha_val: dict) -> str:
   names = {"ORM-RL (alpha 0)": "orm", f"PAV-RL (alpha {chosen:g})":
            f"pav{chosen:g}", f"Q^mu ablation (alpha {chosen:g})":
            f"q{chosen:g}", f"MC control (alpha {chosen:g})": f"mc{chosen:g}"}
+  for key in sorted(results):  # other alphas of the validation grid
+    if key.startswith("pav") and key != f"pav{chosen:g}":
+      names[f"PAV-RL (alpha {key[3:]})"] = key
   arms = {label: results[key] for label, key in names.items()
           if results.get(key)}
   report.plot_rl_curves({k: [r["curve"] for r in v] for k, v in arms.items()},
@@ -100,17 +103,23 @@ def aggregate(results: dict, chosen: float, alpha_val: dict) -> str:
   summary = {}
   if orm and pav:
     target = float(np.mean([r["final_pass@1"] for r in orm]))
-    reach = iters_to_reach(mean_curve(pav), target)
+    init = orm[0]["eval_init"]["pass@1"]
     total = orm[0]["curve"]["iteration"][-1]
     gap = float(np.mean([r["final_pass@1"] for r in pav]) - target)
+    if target <= init:  # ORM-RL ended below its start: no ratio to take
+      reach, ratio, why = None, None, (
+          f"undefined: ORM-RL's final accuracy is not above the init's "
+          f"({init:.3f})")
+    else:
+      reach = iters_to_reach(mean_curve(pav), target)
+      ratio = total / reach if reach else None
+      why = (f"PAV-RL reaches it at iteration {reach:.1f} of {total}: "
+             f"{ratio:.2f}x" if reach else "PAV-RL never reaches it")
     summary = {"orm_final": target, "pav_iters_to_orm_final": reach,
-               "sample_efficiency": (total / reach) if reach else None,
-               "final_gap": gap}
-    lines += ["", f"ORM-RL final (mean) {target:.3f}; PAV-RL reaches it at "
-              f"iteration {reach if reach is None else round(reach, 1)} of "
-              f"{total} -> sample-efficiency ratio "
-              f"{'n/a (never reached)' if not reach else f'{total / reach:.2f}x'}"
-              f"; final gap PAV - ORM {gap:+.3f} (paper: 5-6x, +7 points)."]
+               "sample_efficiency": ratio, "final_gap": gap}
+    lines += ["", f"ORM-RL final (mean) {target:.3f}. Sample-efficiency "
+              f"ratio {why}. Final gap PAV - ORM {gap:+.3f} (paper: 5-6x, "
+              "+7 points)."]
   ns = list(next(iter(arms.values()))[0]["pass@n"]["init"])
   lines += ["", "### Pass@N of the final policies (test, 64 prompts x 16 "
             "samples; mean over seeds)", "",
@@ -155,6 +164,25 @@ def aggregate(results: dict, chosen: float, alpha_val: dict) -> str:
   return text
 
 
+def aggregate_finished(workdir: str, alphas, seeds) -> None:
+  """Tables and plots from the arms whose DONE.json exists."""
+  root = Path(workdir) / "rl_exp"
+  load = lambda arm, s: json.loads((root / f"{arm}_s{s}" / "DONE.json")
+                                   .read_text())
+  done = lambda arm, s: (root / f"{arm}_s{s}" / "DONE.json").exists()
+  alpha_val = {a: load(f"pav{a:g}", seeds[0])["final_validation_pass@1"]
+               for a in alphas if done(f"pav{a:g}", seeds[0])}
+  chosen = max(alpha_val, key=lambda a: (alpha_val[a], -a))
+  results = {}
+  keys = [f"pav{chosen:g}", "orm", f"q{chosen:g}", f"mc{chosen:g}"]
+  keys += [f"pav{a:g}" for a in alphas if a != chosen]
+  for key in keys:
+    for s in seeds:
+      if done(key, s):
+        results.setdefault(key, []).append(load(key, s))
+  print(aggregate(results, chosen, alpha_val))
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--workdir", default="runs/rl_base")
@@ -162,10 +190,14 @@ def main():
   ap.add_argument("--seeds", default="0,1,2")
   ap.add_argument("--mc_seeds", default="")
   ap.add_argument("--arms", default="pav,orm,q", help="main arms to run")
+  ap.add_argument("--aggregate_only", action="store_true",
+                  help="tables/plots from the finished arms; run nothing")
   args = ap.parse_args()
   alphas = [float(a) for a in args.alphas.split(",")]
   seeds = [int(s) for s in args.seeds.split(",")]
   results, alpha_val = {}, {}
+  if args.aggregate_only:
+    return aggregate_finished(args.workdir, alphas, seeds)
   for a in alphas:
     r = run_arm(args.workdir, f"pav{a:g}", seeds[0])
     results.setdefault(f"pav{a:g}", []).append(r)
