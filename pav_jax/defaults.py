@@ -176,7 +176,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.samples_per_prompt = 4  # rollout batch = prompts_per_iter * this
   c.rl.num_prompts = 512  # train prompt pool (stream rl_prompts)
   c.rl.seed = 0  # RL seed: rollouts and prompt order (eval keys fixed)
-  c.rl.alpha = 1.0  # dense weight (0 = ORM-RL); chosen on validation
+  c.rl.alpha = 1.0  # dense weight (0 = ORM-RL); best of {1,3,5} on
+  # validation in experiments/2026-11-26_rl_arithmetic (paper: 5 at 2B)
   c.rl.dense = "advantage"  # "advantage" (A^mu) or "q" (Q^mu, App. G)
   c.rl.scorer = "pav"  # "pav" (prm_q + BoK prover), "mc", "none"
   c.rl.estimator = "value"  # policy_gradient.ESTIMATORS key
