@@ -39,6 +39,7 @@ from flax import nnx
 from pav_jax import config as config_lib
 from pav_jax import kv_cache
 from pav_jax import sharding as sharding_lib
+from pav_jax import steps
 from pav_jax import transformer
 
 # stop_B codes.
@@ -119,10 +120,14 @@ def _prefill(graphdef, cfg, params, tokens_BT, length_B, key_B, cache_size,
 
 def _decode(
     graphdef, params, state: SamplerState, *, max_new_tokens: int,
-    stop_at_step: bool, eos_id: int, step_id: int, pad_id: int,
+    stop_at_step: bool, eos_id: int, step_id: steps.StepIds, pad_id: int,
     sampling: SamplingConfig, mesh=None,
 ):
-  """lax.while_loop decode of up to max_new_tokens tokens per row."""
+  """lax.while_loop decode of up to max_new_tokens tokens per row.
+
+  `step_id` is one id or a tuple (every piece holding the delimiter); a
+  step ends at any of them.
+  """
   b = state.last_B.shape[0]
   cache_size = state.cache["pos"].shape[1]
   n = max_new_tokens
@@ -146,7 +151,7 @@ def _decode(
     tokens_BN = tokens_BN.at[:, i].set(tok_B)
     logprobs_BN = logprobs_BN.at[:, i].set(jnp.where(active_B, logp_B, 0.0))
     is_eos_B = active_B & (tok_B == eos_id)
-    is_step_B = active_B & (tok_B == step_id) & stop_at_step
+    is_step_B = active_B & steps.is_step_end(tok_B, step_id) & stop_at_step
     full_B = active_B & (i + 1 >= n)
     new_stop_B = jnp.select(
         [is_eos_B, is_step_B, full_B], [EOS, STEP_END, MAX_TOKENS], RUNNING)
@@ -175,7 +180,7 @@ def _decode(
   return kv_cache.constrain(DecodeOutput(
       tokens_BN=tokens_BN,
       logprobs_BN=logprobs_BN,
-      step_end_BN=((tokens_BN == step_id)
+      step_end_BN=(steps.is_step_end(tokens_BN, step_id)
                    & (jnp.arange(n)[None, :] < length_B[:, None])),
       length_B=length_B,
       stop_B=stop_B,
@@ -222,7 +227,9 @@ class Sampler:
   generate take a per-call `cache_size=` so one sampler serves evaluation,
   labelling, search and RL. `mesh` (default: the mesh entered with
   `jax.set_mesh` at call time, if any) shards rows and KV heads; see the
-  module docstring.
+  module docstring. `step_id` is one id or a tuple of ids (a tokenizer's
+  `step_ids`: every piece holding the delimiter); decode stops at any of
+  them. `step_ids` holds them all, `step_id` the first.
   """
 
   def __init__(
@@ -232,7 +239,7 @@ class Sampler:
       *,
       cache_size: int,
       eos_id: int,
-      step_id: int,
+      step_id: steps.StepIds,
       pad_id: int = 0,
       sampling: SamplingConfig = SamplingConfig(),
       buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -241,7 +248,9 @@ class Sampler:
     self.graphdef = graphdef
     self.model_cfg = model_cfg
     self.cache_size = cache_size
-    self.eos_id, self.step_id, self.pad_id = eos_id, step_id, pad_id
+    # step_ids: every id that ends a step; step_id: the first ("\n").
+    self.step_ids = steps.as_ids(step_id)
+    self.eos_id, self.step_id, self.pad_id = eos_id, self.step_ids[0], pad_id
     self.sampling = sampling
     self.buckets = tuple(sorted(buckets))
     self.mesh = mesh
@@ -260,8 +269,8 @@ class Sampler:
         static_argnames=("cache_size", "mesh"))
     self._decode = jax.jit(
         counted("decode", functools.partial(
-            _decode, graphdef, eos_id=eos_id, step_id=step_id, pad_id=pad_id,
-            sampling=sampling)),
+            _decode, graphdef, eos_id=eos_id, step_id=self.step_ids,
+            pad_id=pad_id, sampling=sampling)),
         static_argnames=("max_new_tokens", "stop_at_step", "mesh"),
         donate_argnums=(1,))
 

@@ -13,6 +13,7 @@ pad 0, eos 1, bos 2, unk 3) through the same interface.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from absl import logging
 import numpy as np
 import sentencepiece as spm
+
+from pav_jax import steps
 
 STEP_PIECE = "\n"
 SCORE_PIECE = "<score>"
@@ -39,6 +42,8 @@ class Tokenizer:
     eos_id: End of sequence; `decode` stops at it.
     unk_id: Unknown piece.
     step_id: The id of the step delimiter "\\n".
+    step_ids: Every id whose piece contains "\\n" (`step_id` first): a real
+      vocabulary merges newlines ("\\n\\n"), and a step ends at any of them.
     score_id: The verifier scoring token.
     vocab_size: Number of pieces; a model's vocab_size must be at least this.
   """
@@ -127,6 +132,12 @@ class Tokenizer:
 
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(i)
+
+  @functools.cached_property
+  def step_ids(self) -> tuple[int, ...]:
+    """Ids of every piece holding "\\n" (`steps.step_end_ids`), step_id
+    first; e.g. Gemma's "\\n", "\\n\\n", ... and the byte piece "<0x0A>"."""
+    return steps.step_end_ids(self)
 
   def check_fits(self, model_vocab_size: int) -> None:
     """Raises ValueError unless every id fits a model with this vocab size."""

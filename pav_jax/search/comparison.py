@@ -143,7 +143,7 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
     smp = bon.draw_samples(sampler, policy_params, task, tok, examples,
                            prompts, kmax, jax.random.fold_in(rng, 0),
                            settings.max_new_tokens, settings.batch_rows)
-    kw = dict(pad_id=tok.pad_id, step_id=tok.step_id, eos_id=tok.eos_id)
+    kw = dict(pad_id=tok.pad_id, step_id=tok.step_ids, eos_id=tok.eos_id)
     scores = {}
     if "orm" in verifiers:
       v, msk = bon.score_samples(*verifiers["orm"], smp, prompts, **kw)
@@ -187,7 +187,7 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
       t2 = time.time()
       scorer = _mc_scorer(settings, task, tok, examples)
       mc_s, mc_tok, mc_v1 = scorer.bon_scores(
-          sampler, policy_params, prompts, smp.responses, tok.step_id,
+          sampler, policy_params, prompts, smp.responses, tok.step_ids,
           jax.random.fold_in(rng, 2), batch_prefixes=max(
               1, settings.batch_rows // settings.mc_rollouts))
       for n in ns:
