@@ -268,18 +268,19 @@ def predict(graphdef, params, arrays: dict, *, kind: str, step_id: int,
 # Ranking diagnostics (host numpy) ---------------------------------------------
 
 
-def _boundary_ends(data: dict, step_id: int, eos_id: int) -> list[np.ndarray]:
+def _boundary_ends(data: dict, step_id, eos_id: int) -> list[np.ndarray]:
   """Token index closing each prefix s_1, s_2, ... of every row."""
   valid_NT = valid_mask(data)
   out = []
   for t_T, pl, v_T in zip(data["tokens_NT"], data["prompt_len_N"], valid_NT):
     col = np.arange(len(t_T))
-    resp = (col >= pl) & v_T & ((t_T == step_id) | (t_T == eos_id))
+    ends_T = np.isin(t_T, np.atleast_1d(np.asarray(step_id))) | (t_T == eos_id)
+    resp = (col >= pl) & v_T & ends_T
     out.append(np.concatenate([[pl - 1], np.flatnonzero(resp)]))
   return out
 
 
-def sibling_accuracy(pred_NP: np.ndarray, data: dict, *, step_id: int,
+def sibling_accuracy(pred_NP: np.ndarray, data: dict, *, step_id,
                      eos_id: int, margin: float = 0.25) -> tuple[float, int]:
   """Within-parent ranking accuracy: (accuracy, pairs).
 
@@ -547,6 +548,7 @@ def run_verifiers(run: run_lib.Run) -> dict:
   config, workdir = run.config, run.workdir
   _, policy_params = run.load_policy()
   tok = run.tok
+  step_ids = tok.step_ids  # every step-end id (issue 13)
   expect = labelled_set.tokenizer_identity(tok)
   train_data = labelled_set.load_labelled(workdir / "label" / "train", expect)
   eval_data = labelled_set.load_labelled(workdir / "label" / "eval", expect)
@@ -569,7 +571,7 @@ def run_verifiers(run: run_lib.Run) -> dict:
         stage_dir=out_dir / kind, kind=kind, arrays=arrays,
         model_cfg=run.model_cfg, mesh=run.mesh, policy_params=backbone,
         steps=vc.steps, batch_size=vc.batch_size, learning_rate=vc.learning_rate,
-        step_id=tok.step_id, eos_id=tok.eos_id, seed=config.seed,
+        step_id=step_ids, eos_id=tok.eos_id, seed=config.seed,
         ckpt_every=vc.ckpt_every, config_dict=_identity_sections(config),
         design=vc.design, rank_weight=vc.rank_weight,
         rank_margin=vc.rank_margin, backbone_lr_scale=vc.backbone_lr_scale,
@@ -586,9 +588,9 @@ def run_verifiers(run: run_lib.Run) -> dict:
                else kind)
     ev_arrays = training_arrays(eval_data, ev_kind, k)
     preds[kind] = predict(graphdef, params, ev_arrays, kind=kind,
-                          step_id=tok.step_id, eos_id=tok.eos_id)
+                          step_id=step_ids, eos_id=tok.eos_id)
   metrics, md = evaluate(preds, eval_data, alpha=alpha, prover_k=k,
-                         out_dir=out_dir, step_id=tok.step_id,
+                         out_dir=out_dir, step_id=step_ids,
                          eos_id=tok.eos_id)
   summary.update(metrics, seconds=time.time() - t0, strong_stage_seconds=t_strong,
                  train_prefixes=int(train_data["mask_NP"].sum()),
