@@ -29,5 +29,9 @@ def get_config(arg=None):
   c.rl.iterations = 30
   c.rl.eval_every = 10
   c.rl.ckpt_every = 10
-  c.rl.policy_lr = 2e-4
+  # 2e-4 (the record's first setting) lowered held-out pass@1 of every arm
+  # by 10+ points within 6 iterations; at 2e-5 ORM-RL holds it (0.398 ->
+  # 0.387 after 12 iterations, 128 test prompts x 4): Adam turns a noisy
+  # 32-rollout gradient into full-size steps.
+  c.rl.policy_lr = 2e-5
   return c

@@ -50,6 +50,7 @@ def get_config(arg=None):
   c.label.prompts_per_chunk = 4
   c.label.cache_size = 544  # train prompts reach 281 tokens (bucket 512)
   c.verifier.steps = 2
+  c.verifier.strong_sft_steps = 2  # the strong-backbone path, cheaply
   c.verifier.batch_size = 4
   c.verifier.ckpt_every = 1
   c.search.num_prompts = 4

@@ -138,7 +138,7 @@ class Run:
     return sampler_lib.Sampler(
         graphdef, self.model_cfg,
         cache_size=cache_size or int(self.config.sample.cache_size),
-        eos_id=self.tok.eos_id, step_id=self.tok.step_id,
+        eos_id=self.tok.eos_id, step_id=self.tok.step_ids,
         pad_id=self.tok.pad_id, sampling=self.sampling())
 
   def load_params_dir(self, path: str | Path, make_model: Callable[[], Any]):
@@ -156,7 +156,8 @@ class Run:
     the verifiers stage."""
     return self.load_params_dir(
         self.stage_dir("verifiers") / name / "params",
-        lambda: verifier_lib.create(self.model_cfg))
+        lambda: verifier_lib.create(
+            self.model_cfg, design=self.config.verifier.design))
 
 
 def make_task(config):

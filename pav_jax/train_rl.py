@@ -332,7 +332,7 @@ def make_rollout_fn(sampler: sampler_lib.Sampler, cfg: RLConfig, mesh,
       _rollout_core, sampler.graphdef, sampler.model_cfg,
       k=cfg.samples_per_prompt, cache_size=sampler.cache_size,
       max_new_tokens=cfg.max_new_tokens, eos_id=sampler.eos_id,
-      step_id=sampler.step_id, pad_id=sampler.pad_id,
+      step_id=sampler.step_ids, pad_id=sampler.pad_id,
       sampling=sampler_lib.SamplingConfig(temperature=cfg.temperature),
       mesh=mesh, fork=fork)
   p = cfg.prompts_per_iter
@@ -483,7 +483,7 @@ def mc_prefix_values(sampler: sampler_lib.Sampler, prover_params, task, tok,
   for r in range(b):
     pl, end = int(plen_B[r]), int(plen_B[r] + len_B[r])
     bounds = [pl - 1] + [t for t in range(pl, end)
-                         if tok_BT[r, t] in (tok.step_id, tok.eos_id)]
+                         if tok_BT[r, t] in (*tok.step_ids, tok.eos_id)]
     for slot, t in enumerate(bounds[:p]):
       m_BP[r, slot] = True
       if tok_BT[r, t] == tok.eos_id:
@@ -650,7 +650,7 @@ def make_context(*, cfg: RLConfig, sampler: sampler_lib.Sampler, policy_params,
                                             seed)
   value_graphdef = nnx.split(nnx.eval_shape(
       lambda: create_value_model(model_cfg)), nnx.Param)[0]
-  ids = dict(step_id=tok.step_id, eos_id=tok.eos_id)
+  ids = dict(step_id=tok.step_ids, eos_id=tok.eos_id)
   if tok.step_id != sampler.step_id or tok.eos_id != sampler.eos_id:
     raise ValueError("tokenizer and sampler disagree on step_id / eos_id")
   ctx = RLContext(

@@ -18,7 +18,8 @@ from pav_jax.search import sweeps
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "pav_jax"
 STAGE_MODULES = {"pav_jax.train_policy", "pav_jax.labelling",
-                 "pav_jax.train_verifier", "pav_jax.search"}
+                 "pav_jax.train_verifier", "pav_jax.search",
+                 "pav_jax.rl_stage"}
 
 
 def _stage_of(module: str) -> str | None:
@@ -55,7 +56,8 @@ def test_no_stage_module_imports_another_stage():
 
 
 def test_pipeline_calls_stage_functions_of_a_run():
-  assert list(pipeline.STAGES) == ["sft", "label", "verifiers", "search"]
+  assert list(pipeline.STAGES) == ["sft", "label", "verifiers", "search",
+                                   "rl"]
   for fn in pipeline.STAGES.values():
     assert callable(fn) and fn.__name__.startswith("run_")
 

@@ -232,7 +232,7 @@ def test_oracle_scorer_finds_the_good_token():
 def test_cached_verifier_scores_equal_one_pass_prefix_values():
   graphdef, params = _policy(3, 1.7, 1.5)
   s = _sampler(graphdef, 1.0)
-  vg, vp = tr.split(verifier.create(CFG, 5))
+  vg, vp = tr.split(verifier.create(CFG, 5, design="head"))
   vp["head_D"] = jax.random.normal(jax.random.key(0), vp["head_D"].shape)
   cv = search.CachedVerifier(vg, vp)
   cfg = search.BeamConfig(beam_size=2, expansions=2, max_steps=5,

@@ -245,7 +245,7 @@ TINY = [
     "--config.sft.warmup_steps=2", "--config.sft.log_every=5",
     "--config.eval.num_prompts=4", "--config.eval.samples_per_prompt=2",
     "--config.eval.batch_rows=8", "--config.sample.max_new_tokens=8",
-    "--config.sample.cache_size=96",
+    "--config.sample.cache_size=96", "--config.stages=sft",
 ]
 
 
