@@ -60,7 +60,8 @@ class ModelConfig:
     if self.head_dim % 2:
       raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
     if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+      raise ValueError(
+          f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
   @property
   def query_scale(self) -> float:
@@ -95,7 +96,8 @@ class ModelConfig:
       )
     if preset:
       if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; one of {sorted(PRESETS)}")
+        raise ValueError(
+            f"unknown model preset {preset!r}; one of {sorted(PRESETS)}")
       return PRESETS[preset]().replace(**d)
     missing = [
         f.name

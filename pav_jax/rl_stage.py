@@ -259,7 +259,8 @@ def read_history(directory: Path) -> list[dict]:
   path = directory / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.strip()]
 
 
 def curves(history: list[dict], eval_init: dict) -> dict:

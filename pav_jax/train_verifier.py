@@ -82,7 +82,8 @@ def training_arrays(data: dict, kind: str, prover_k: float = 4.0,
   elif kind in ("prm_q", "q_mu"):
     key = "q_NP" if kind == "prm_q" else "q_mu_NP"
     if key not in data:
-      raise ValueError(f"verifier {kind} needs {key}: label with a prover checkpoint")
+      raise ValueError(
+          f"verifier {kind} needs {key}: label with a prover checkpoint")
     target_NP = data[key]
     weight_NP = np.asarray(advantages.class_balance_weights(
         jnp.asarray(target_NP), jnp.asarray(mask_NP)))
@@ -137,7 +138,7 @@ def grouped_batch_fn(arrays: dict, batch_size: int, seed: int):
   return fn
 
 
-# Model and loss ----------------------------------------------------------------
+# Model and loss -------------------------------------------------------------
 
 
 def boundary_logits(graphdef, params, tokens_BT, valid_BT, prompt_len_B, *,
@@ -254,15 +255,19 @@ def predict(graphdef, params, arrays: dict, *, kind: str, step_id: int,
   """Per-prefix predictions: probability (sigmoid) or advantage (tanh)."""
   p = arrays["mask"].shape[1]
   fn = jax.jit(lambda prm, t, v, pl: boundary_logits(
-      graphdef, prm, t, v, pl, step_id=step_id, eos_id=eos_id, num_prefixes=p)[0])
+      graphdef, prm, t, v, pl, step_id=step_id, eos_id=eos_id,
+      num_prefixes=p)[0])
   n = len(arrays["tokens"])
   out = []
   for lo in range(0, n, batch_size):
     idx = np.arange(lo, lo + batch_size) % n  # static batch shape
-    out.append(np.asarray(fn(params, arrays["tokens"][idx], arrays["valid"][idx],
-                             arrays["prompt_len"][idx]))[: min(batch_size, n - lo)])
+    out.append(np.asarray(fn(params, arrays["tokens"][idx],
+                             arrays["valid"][idx], arrays["prompt_len"][idx]))
+               [: min(batch_size, n - lo)])
   logit_NP = np.concatenate(out)
-  return np.tanh(logit_NP) if kind == "a_direct" else 1 / (1 + np.exp(-logit_NP))
+  if kind == "a_direct":
+    return np.tanh(logit_NP)
+  return 1 / (1 + np.exp(-logit_NP))
 
 
 # Ranking diagnostics (host numpy) ---------------------------------------------
@@ -342,7 +347,7 @@ def top1_diagnostics(score_N: np.ndarray, data: dict) -> dict:
           "mixed_questions": len(fp)}
 
 
-# Evaluation (host numpy; metrics in `metrics.py`) -------------------------------
+# Evaluation (host numpy; metrics in `metrics.py`) ---------------------------
 
 
 def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
@@ -385,16 +390,22 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
                                   if mc[:, h].any() else float("nan"))
     for name, s in (("pqv", q_pi), ("pav", pav)):
       mv, mt = m & val, m & ~val
-      metrics["fig10"][name].append(metrics_lib.best_threshold_error(s[mv, h], y[mv], s[mt, h], y[mt]))
+      metrics["fig10"][name].append(metrics_lib.best_threshold_error(
+          s[mv, h], y[mv], s[mt, h], y[mt]))
   _, mp, mt, cnt, ece = metrics_lib.calibration(q_pi[mc], data["q_NP"][mc])
   metrics["ece"] = ece
   step_m = mc & (np.arange(p)[None, :] >= 1)
   step_m &= np.concatenate([np.zeros_like(mc[:, :1]), mc[:, :-1]], axis=1) | ~mc
-  metrics["adv_corr"] = float(np.corrcoef(a_mu[step_m], a_mc[step_m])[0, 1]) if step_m.sum() > 2 else float("nan")
+  metrics["adv_corr"] = (
+      float(np.corrcoef(a_mu[step_m], a_mc[step_m])[0, 1])
+      if step_m.sum() > 2 else float("nan"))
   if "a_direct" in preds:
-    metrics["adv_corr_direct"] = float(np.corrcoef(preds["a_direct"][step_m], a_mc[step_m])[0, 1]) if step_m.sum() > 2 else float("nan")
+    metrics["adv_corr_direct"] = (
+        float(np.corrcoef(preds["a_direct"][step_m], a_mc[step_m])[0, 1])
+        if step_m.sum() > 2 else float("nan"))
   metrics["outcome_auroc_last"] = {
-      k: metrics_lib.auroc(s[np.arange(len(y)), data["num_prefixes_N"] - 1], y) for k, s in scores.items()}
+      k: metrics_lib.auroc(s[np.arange(len(y)), data["num_prefixes_N"] - 1], y)
+      for k, s in scores.items()}
 
   last_N = data["num_prefixes_N"] - 1
   metrics["top1"] = {k: top1_diagnostics(sc[np.arange(len(y)), last_N], data)
@@ -432,7 +443,8 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
   fig.savefig(out_dir / "ranking_fig10.png", dpi=100)
   plt.close(fig)
 
-  fmt = lambda v: "—" if not np.isfinite(v) else f"{v:.3f}"
+  def fmt(v):
+    return "—" if not np.isfinite(v) else f"{v:.3f}"
   md = ["| h | n | " + " | ".join(f"AUROC {k}" for k in scores)
         + " | ECE PRM-Q | err Q̂^π | err PAV |",
         "|---" * (len(scores) + 5) + "|"]
@@ -440,9 +452,11 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
     md.append(f"| {h} | {int(mask[:, h].sum())} | "
               + " | ".join(fmt(metrics["auroc"][k][h]) for k in scores)
               + f" | {fmt(metrics['ece_by_step'][h])} | "
-              f"{fmt(metrics['fig10']['pqv'][h])} | {fmt(metrics['fig10']['pav'][h])} |")
+              f"{fmt(metrics['fig10']['pqv'][h])} | "
+              f"{fmt(metrics['fig10']['pav'][h])} |")
   md.append("")
-  md.append(f"Overall ECE of PRM-Q vs MC Q̂^π: {ece:.3f}. Correlation of predicted "
+  md.append(f"Overall ECE of PRM-Q vs MC Q̂^π: {ece:.3f}. "
+            "Correlation of predicted "
             f"vs MC A^μ (BoK K={prover_k:g}): {metrics['adv_corr']:.3f}"
             + (f"; direct A^μ head: {metrics['adv_corr_direct']:.3f}"
                if "adv_corr_direct" in metrics else "") + ".")
@@ -458,7 +472,8 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
               f"{fmt(t1['auroc_within'])} | {fmt(t1['top1_acc'])} | "
               f"{fmt(t1['random'])} | {fmt(t1['fp_rate'])} | {fmt(sib)} |")
   md.append("")
-  md.append(f"Top-1 of each question's {len(y) // max(len(set(data['prompt_index_N'].tolist())), 1)} "
+  n_questions = max(len(set(data["prompt_index_N"].tolist())), 1)
+  md.append(f"Top-1 of each question's {len(y) // n_questions} "
             f"labelled rollouts ({metrics['top1']['orm']['mixed_questions']} "
             "questions with right and wrong ones); sibling pairs (same "
             f"parent prefix, MC Q̂ apart by >= 0.25): "
@@ -469,7 +484,7 @@ def evaluate(preds: dict, data: dict, *, alpha: float, prover_k: float,
   return metrics, "\n".join(md)
 
 
-# The stage -------------------------------------------------------------------------
+# The stage ------------------------------------------------------------------
 
 
 def _identity_sections(config) -> dict:
@@ -570,7 +585,8 @@ def run_verifiers(run: run_lib.Run) -> dict:
     graphdef, params = train(
         stage_dir=out_dir / kind, kind=kind, arrays=arrays,
         model_cfg=run.model_cfg, mesh=run.mesh, policy_params=backbone,
-        steps=vc.steps, batch_size=vc.batch_size, learning_rate=vc.learning_rate,
+        steps=vc.steps, batch_size=vc.batch_size,
+        learning_rate=vc.learning_rate,
         step_id=step_ids, eos_id=tok.eos_id, seed=config.seed,
         ckpt_every=vc.ckpt_every, config_dict=_identity_sections(config),
         design=vc.design, rank_weight=vc.rank_weight,
@@ -592,7 +608,8 @@ def run_verifiers(run: run_lib.Run) -> dict:
   metrics, md = evaluate(preds, eval_data, alpha=alpha, prover_k=k,
                          out_dir=out_dir, step_id=step_ids,
                          eos_id=tok.eos_id)
-  summary.update(metrics, seconds=time.time() - t0, strong_stage_seconds=t_strong,
+  summary.update(metrics, seconds=time.time() - t0,
+                 strong_stage_seconds=t_strong,
                  train_prefixes=int(train_data["mask_NP"].sum()),
                  eval_rows=int(len(eval_data["outcome_N"])))
   if jax.process_index() == 0:

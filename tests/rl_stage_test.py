@@ -86,7 +86,7 @@ def _rl_params(workdir):
 
 
 def _rows(workdir):
-  rows = [json.loads(l) for l in
+  rows = [json.loads(line) for line in
           (Path(workdir) / "rl" / "metrics.jsonl").read_text().splitlines()]
   drop = ("rollout_s", "score_s", "update_s")
   return [{k: v for k, v in r.items() if k not in drop} for r in rows]

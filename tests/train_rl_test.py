@@ -226,8 +226,9 @@ def test_alpha_zero_is_exactly_orm_rl():
   orm_batch = dict(batch, returns_BH=tg_orm["returns_BH"])
 
   def lg(cfg, b):
-    f = lambda q: train_rl.rl_loss(graphdef, vgd, q, params, b, cfg=cfg,
-                                   step_id=STEP, eos_id=EOS)[0]
+    def f(q):
+      return train_rl.rl_loss(graphdef, vgd, q, params, b, cfg=cfg,
+                              step_id=STEP, eos_id=EOS)[0]
     return jax.value_and_grad(f)(full)
 
   (l_pav, g_pav), (l_orm, g_orm) = lg(pav0, batch), lg(orm, orm_batch)
@@ -281,9 +282,10 @@ def test_end_to_end_iteration_pav_and_mc_control(arith):
   graphdef, params = tr.split(tr.create(cfg, seed=0))
   params["embed_VD"] = params["embed_VD"].at[tok.step_id].mul(5.0)
   vgd, vparams = _pav(cfg, seed=1)
-  mk = lambda size: sampler_lib.Sampler(graphdef, cfg, cache_size=size,
-                                        eos_id=tok.eos_id, step_id=tok.step_id,
-                                        pad_id=tok.pad_id, buckets=(64,))
+  def mk(size):
+    return sampler_lib.Sampler(graphdef, cfg, cache_size=size,
+                               eos_id=tok.eos_id, step_id=tok.step_id,
+                               pad_id=tok.pad_id, buckets=(64,))
   mesh = _mesh({"data": 8, "fsdp": 1, "tensor": 1})
   ctx, state = train_rl.make_context(
       cfg=rl, sampler=mk(rl.seq_len), policy_params=params, task=task, tok=tok,

@@ -1,4 +1,4 @@
-"""Tests of pav_jax.train_verifier: fitting step targets, export/load, metrics."""
+"""Tests of pav_jax.train_verifier: step targets, export/load, metrics."""
 
 import jax
 import numpy as np

@@ -49,7 +49,8 @@ def test_boundaries_and_gather():
   assert np.flatnonzero(bnd[0]).tolist() == [3, 5, 8, 10]
   vals = jnp.arange(12, dtype=jnp.float32)[None]
   v, m = verifier.gather_boundaries(vals, bnd, 6)
-  assert v[0].tolist() == [3, 5, 8, 10, 0, 0] and m[0].tolist() == [1, 1, 1, 1, 0, 0]
+  assert v[0].tolist() == [3, 5, 8, 10, 0, 0]
+  assert m[0].tolist() == [1, 1, 1, 1, 0, 0]
   v, m = verifier.gather_boundaries(vals, bnd, 2)  # overflow is dropped
   assert v[0].tolist() == [3, 5]
 
@@ -64,7 +65,8 @@ def test_one_pass_equals_per_prefix_forward():
                                 step_id=STEP, eos_id=EOS, num_prefixes=8)
   score = jax.jit(verifier.score, static_argnums=0)
   for i, r in enumerate(rows):
-    ends = [plens[i] - 1] + [j for j in range(plens[i], len(r)) if r[j] in (STEP, EOS)]
+    ends = [plens[i] - 1] + [j for j in range(plens[i], len(r))
+                             if r[j] in (STEP, EOS)]
     assert int(m[i].sum()) == len(ends)
     for h, e in enumerate(ends):  # separate forward on the prefix alone
       pre = np.full((1, t), PAD, np.int32)  # fixed width: one compile
@@ -72,7 +74,8 @@ def test_one_pass_equals_per_prefix_forward():
       ok = jnp.asarray(pre != PAD)
       logit, _ = score(graphdef, params, jnp.asarray(pre),
                        transformer.positions_from_mask(ok), ok)
-      np.testing.assert_allclose(v[i, h], jax.nn.sigmoid(logit[0, e]), atol=1e-5)
+      np.testing.assert_allclose(v[i, h], jax.nn.sigmoid(logit[0, e]),
+                                 atol=1e-5)
 
 
 def test_cached_scoring_equals_full_pass():
@@ -84,7 +87,8 @@ def test_cached_scoring_equals_full_pass():
   pos = transformer.positions_from_mask(valid)
   full, _ = score(graphdef, params, tok, pos, valid)
   cache = transformer.init_cache(CFG, 2, 16)
-  a, cache = score(graphdef, params, tok[:, :6], pos[:, :6], valid[:, :6], cache)
+  a, cache = score(graphdef, params, tok[:, :6], pos[:, :6], valid[:, :6],
+                   cache)
   b, _ = score(graphdef, params, tok[:, 6:], pos[:, 6:], valid[:, 6:], cache)
   np.testing.assert_allclose(jnp.concatenate([a, b], 1), full, atol=1e-5)
 
