@@ -227,7 +227,7 @@ def save_params(path: str | Path, params: Any) -> None:
   ckptr.wait_until_finished()
 
 
-def load_params(path: str | Path, abstract_params: Any) -> Any:
+def load_params_tree(path: str | Path, abstract_params: Any) -> Any:
   path = Path(path).absolute()
   if not path.exists():
     raise CheckpointError(f"no params checkpoint at {path}: run the stage that "

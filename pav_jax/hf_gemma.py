@@ -27,7 +27,7 @@ Both sides store the Gemma norm weight w of x * (1 + w), so norms copy as is.
 
 Public API:
   load_model(path, dtype) -> (cfg, graphdef, params)
-  load_params(path, cfg, dtype, shardings) -> params (shard by shard on a
+  load_hf_params(path, cfg, dtype, shardings) -> params (shard by shard on a
     mesh: shardings=mesh_shardings(cfg, mesh))
   save_model(path, cfg, params, dtype, max_shard_bytes)
   config_from_hf(hf_config, dtype) / config_to_hf(cfg, dtype)
@@ -35,7 +35,7 @@ Public API:
   save_orbax(path, cfg, params) / load_orbax(path, dtype, shardings): the
     engine-side copy (orbax StandardCheckpointer params + ModelConfig JSON)
     that tools/convert_hf_gemma.py writes and reads.
-Every failure raises `CheckpointError` naming the file or tensor at fault.
+Every failure raises `HFCheckpointError` naming the file or tensor at fault.
 """
 
 import contextlib
@@ -86,7 +86,7 @@ _HF_DEFAULTS = {
 }
 
 
-class CheckpointError(ValueError):
+class HFCheckpointError(ValueError):
   """A checkpoint that is missing, corrupt, or not representable here."""
 
 
@@ -97,7 +97,7 @@ def read_hf_config(path: str) -> dict[str, Any]:
   """The parsed `config.json` of an HF checkpoint directory."""
   fname = os.path.join(path, CONFIG_FILE)
   if not os.path.isdir(path):
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"{path!r} is not a directory; pass the directory that holds "
         f"{CONFIG_FILE} and the *.safetensors files"
     )
@@ -105,19 +105,19 @@ def read_hf_config(path: str) -> dict[str, Any]:
     with open(fname) as f:
       return json.load(f)
   except FileNotFoundError:
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"{fname} not found: an HF checkpoint directory needs its "
         f"{CONFIG_FILE}"
     ) from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise CheckpointError(f"{fname} is not valid JSON: {e}") from e
+    raise HFCheckpointError(f"{fname} is not valid JSON: {e}") from e
 
 
 def _rope_theta(hf: dict[str, Any]) -> float:
   """rope_theta from a v4 (`rope_theta`) or v5 (`rope_parameters`) config."""
   scaling = hf.get("rope_scaling")
   if scaling:
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"rope_scaling={scaling!r} is set; pav_jax only implements plain "
         "RoPE. Remove it or convert a checkpoint without RoPE scaling."
     )
@@ -125,14 +125,14 @@ def _rope_theta(hf: dict[str, Any]) -> float:
   rope_type = params.get("rope_type", params.get("type", "default"))
   if rope_type != "default" or set(params) - {"rope_type", "type",
                                               "rope_theta"}:
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"rope_parameters={params!r}: only rope_type 'default' (plain RoPE "
         "with rope_theta) is supported"
     )
   theta = params.get("rope_theta", hf.get("rope_theta", 10_000.0))
   if "rope_theta" in params and "rope_theta" in hf and (
       float(hf["rope_theta"]) != float(params["rope_theta"])):
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"config.json has rope_theta={hf['rope_theta']} but "
         f"rope_parameters.rope_theta={params['rope_theta']}; make them agree"
     )
@@ -149,29 +149,29 @@ def config_from_hf(
     dtype: compute dtype of the returned config ("float32"/"bfloat16").
 
   Raises:
-    CheckpointError: for anything the pav_jax model cannot represent.
+    HFCheckpointError: for anything the pav_jax model cannot represent.
   """
   model_type = hf.get("model_type")
   if model_type != "gemma2":
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"model_type={model_type!r} is not supported: this loader reads "
         "Gemma-2 checkpoints (model_type 'gemma2') only"
     )
   act = hf.get("hidden_activation") or hf.get("hidden_act")
   if act != "gelu_pytorch_tanh":
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"hidden_activation={act!r}: pav_jax's MLP is gated GELU with the "
         "tanh approximation ('gelu_pytorch_tanh') only"
     )
   for key in ("attention_bias", "use_bidirectional_attention"):
     if hf.get(key):
-      raise CheckpointError(f"{key}={hf[key]!r} is not supported")
+      raise HFCheckpointError(f"{key}={hf[key]!r} is not supported")
   required = ("vocab_size", "hidden_size", "num_hidden_layers",
               "intermediate_size", "num_attention_heads",
               "num_key_value_heads", "head_dim")
   missing = [k for k in required if k not in hf]
   if missing:
-    raise CheckpointError(f"config.json lacks required key(s) {missing}")
+    raise HFCheckpointError(f"config.json lacks required key(s) {missing}")
   # Optional keys take transformers' Gemma2Config defaults, so an absent key
   # means what it means to HF (an explicit null switches a feature off).
   hf = {**_HF_DEFAULTS, **hf}
@@ -184,7 +184,7 @@ def config_from_hf(
     want = ["sliding_attention" if i % 2 == 0 else "full_attention"
             for i in range(num_layers)]
     if list(layer_types) != want:
-      raise CheckpointError(
+      raise HFCheckpointError(
           f"layer_types={layer_types} is not Gemma 2's alternation "
           f"(expected {want}); pav_jax cannot represent other patterns"
       )
@@ -208,9 +208,9 @@ def config_from_hf(
         max_seq_len=int(hf["max_position_embeddings"]),
     )
   except ValueError as e:
-    if isinstance(e, CheckpointError):
+    if isinstance(e, HFCheckpointError):
       raise
-    raise CheckpointError(f"config.json is inconsistent: {e}") from e
+    raise HFCheckpointError(f"config.json is inconsistent: {e}") from e
 
 
 def _opt_float(x) -> float | None:
@@ -328,13 +328,13 @@ def _weight_map(path: str) -> dict[str, str]:
         weight_map = json.load(f)["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError,
             TypeError) as e:
-      raise CheckpointError(
+      raise HFCheckpointError(
           f"{index} is not a valid safetensors index (needs a JSON "
           f"'weight_map' of tensor name -> file): {e!r}"
       ) from e
     for fname in sorted(set(weight_map.values())):
       if not os.path.exists(os.path.join(path, fname)):
-        raise CheckpointError(
+        raise HFCheckpointError(
             f"shard {os.path.join(path, fname)} listed in {index} is "
             "missing; re-download or re-export the checkpoint"
         )
@@ -342,7 +342,7 @@ def _weight_map(path: str) -> dict[str, str]:
   if os.path.exists(single):
     with _open(single) as f:
       return {name: SINGLE_FILE for name in f.keys()}
-  raise CheckpointError(
+  raise HFCheckpointError(
       f"no weights in {path!r}: expected {SINGLE_FILE} or {INDEX_FILE} "
       "(other formats such as pytorch_model.bin are not supported; "
       "re-save with safe_serialization=True)"
@@ -355,9 +355,9 @@ def _open(fname: str) -> Iterator[Any]:
   try:
     handle = safetensors.safe_open(fname, framework="numpy")
   except FileNotFoundError:
-    raise CheckpointError(f"{fname} not found") from None
+    raise HFCheckpointError(f"{fname} not found") from None
   except Exception as e:  # SafetensorError is not importable portably.
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"{fname} is not a readable safetensors file (truncated or corrupt? "
         f"re-download or re-export it): {e}"
     ) from e
@@ -371,7 +371,7 @@ def _detect_prefix(names) -> str:
     return "model."
   if "embed_tokens.weight" in names:
     return ""
-  raise CheckpointError(
+  raise HFCheckpointError(
       "no embedding tensor: expected 'model.embed_tokens.weight'; is this a "
       "Gemma-2 checkpoint?"
   )
@@ -400,7 +400,7 @@ def _iter_by_file(
     yield fname, files[fname]
 
 
-def load_params(
+def load_hf_params(
     path: str,
     cfg: config_lib.ModelConfig,
     dtype: str = "float32",
@@ -428,7 +428,7 @@ def load_params(
     The nested params dict of `transformer.split`.
 
   Raises:
-    CheckpointError: missing/corrupt files, missing or unexpected tensors,
+    HFCheckpointError: missing/corrupt files, missing or unexpected tensors,
       shape mismatches, an untied lm_head.
   """
   if dtype not in _DTYPES:
@@ -440,7 +440,7 @@ def load_params(
   convs = {c[0]: c for c in _conversions(cfg, prefix)}
   missing = [name for name in convs if name not in weight_map]
   if missing:
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"{path}: {len(missing)} tensor(s) missing from the checkpoint, "
         f"e.g. {missing[:3]}; does config.json (num_hidden_layers="
         f"{cfg.num_layers}) match the weights?"
@@ -450,7 +450,7 @@ def load_params(
       n for n in weight_map
       if n not in convs and n != lm_head and not _IGNORED.match(n))
   if unexpected:
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"{path}: {len(unexpected)} unexpected tensor(s), e.g. "
         f"{unexpected[:3]}; is this a Gemma-2 checkpoint whose config.json "
         "matches its weights?"
@@ -458,7 +458,7 @@ def load_params(
   if lm_head in weight_map:
     _check_tied_head(path, weight_map, prefix)
   elif hf_config.get("tie_word_embeddings") is False:
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"{path}: tie_word_embeddings is false but there is no "
         "lm_head.weight; pav_jax ties the output projection to the embedding"
     )
@@ -470,14 +470,14 @@ def load_params(
       available = set(f.keys())
       for name in names:
         if name not in available:
-          raise CheckpointError(
+          raise HFCheckpointError(
               f"tensor {name!r} is not in {full} although the index maps "
               "it there; the index and the shards disagree"
           )
         _, keys, shape, to_ours, _ = convs[name]
         got = tuple(f.get_slice(name).get_shape())
         if got != shape:
-          raise CheckpointError(
+          raise HFCheckpointError(
               f"tensor {name!r} in {full} has shape {list(got)}, expected "
               f"{list(shape)} from config.json; the config and the weights "
               "disagree"
@@ -501,7 +501,7 @@ def load_params(
         try:
           x = f.get_tensor(name)
         except Exception as e:
-          raise CheckpointError(
+          raise HFCheckpointError(
               f"cannot read tensor {name!r} from {full}: {e}") from e
         x = np.ascontiguousarray(to_ours(x).astype(np_dtype, copy=False))
         _set(params, keys, jax.device_put(x, sharding))
@@ -513,7 +513,7 @@ def mesh_shardings(cfg: config_lib.ModelConfig, mesh=None) -> Any:
   """The training rules' param shardings on `mesh` (default: the mesh
   entered with `jax.set_mesh`); None without a multi-device mesh.
 
-  For `load_params(path, cfg, dtype, shardings=mesh_shardings(cfg))`.
+  For `load_hf_params(path, cfg, dtype, shardings=mesh_shardings(cfg))`.
   """
   from flax import nnx  # noqa: PLC0415
   from pav_jax import sharding  # noqa: PLC0415
@@ -560,7 +560,7 @@ def _block_reader(handle, ours: str, head_dim: int, np_dtype, fname: str,
       else:  # embedding, norms: same layout
         x = handle[tuple(slice(a, b) for a, b in bounds(idx, hf_shape))]
     except Exception as e:
-      raise CheckpointError(
+      raise HFCheckpointError(
           f"cannot read tensor {name!r} from {fname}: {e}") from e
     return np.ascontiguousarray(x.astype(np_dtype, copy=False))
 
@@ -582,7 +582,7 @@ def _check_tied_head(path: str, weight_map: dict[str, str],
         same = False
         break
   if not same:
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"{path}: lm_head.weight differs from {embed} (untied output "
         "projection); pav_jax only supports tied embeddings"
     )
@@ -596,7 +596,7 @@ def load_model(
   Args:
     path: directory with config.json and model.safetensors (or shards).
     dtype: "float32" or "bfloat16": dtype of the params and of compute.
-    shardings: see `load_params`.
+    shardings: see `load_hf_params`.
 
   Returns:
     (cfg, graphdef, params), ready for `transformer.forward`.
@@ -604,7 +604,7 @@ def load_model(
   hf_config = read_hf_config(path)
   cfg = config_from_hf(hf_config, dtype=dtype)
   graphdef, _ = transformer.abstract_params(cfg)
-  params = load_params(path, cfg, dtype, shardings, hf_config)
+  params = load_hf_params(path, cfg, dtype, shardings, hf_config)
   return cfg, graphdef, params
 
 
@@ -644,10 +644,11 @@ def save_model(
     try:
       ours = tuple(_get(params, keys).shape)
     except (KeyError, TypeError):
-      raise CheckpointError(f"{where} is missing (needed for {name})") from None
+      raise HFCheckpointError(
+          f"{where} is missing (needed for {name})") from None
     want = tuple(_get(expected, keys).shape)
     if ours != want:
-      raise CheckpointError(
+      raise HFCheckpointError(
           f"{where} has shape {list(ours)}, expected {list(want)} for this "
           "config"
       )
@@ -733,13 +734,13 @@ def load_orbax(
     with open(fname) as f:
       cfg = config_lib.ModelConfig.from_dict(json.load(f))
   except FileNotFoundError:
-    raise CheckpointError(
+    raise HFCheckpointError(
         f"{fname} not found; is {path!r} a save_orbax directory?") from None
   except (json.JSONDecodeError, ValueError, TypeError) as e:
-    raise CheckpointError(f"{fname} is not a valid ModelConfig: {e}") from e
+    raise HFCheckpointError(f"{fname} is not a valid ModelConfig: {e}") from e
   ckpt = os.path.join(path, ORBAX_PARAMS)
   if not os.path.isdir(ckpt):
-    raise CheckpointError(f"{ckpt} not found; is {path!r} a save_orbax "
+    raise HFCheckpointError(f"{ckpt} not found; is {path!r} a save_orbax "
                           "directory?")
   ckptr = ocp.StandardCheckpointer()
   if dtype is None:

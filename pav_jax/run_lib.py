@@ -143,7 +143,7 @@ class Run:
 
   def load_params_dir(self, path: str | Path, make_model: Callable[[], Any]):
     """(graphdef, params) exported to `path`, restored sharded on the mesh."""
-    return train_lib.load_params(Path(path), make_model, self.mesh)
+    return train_lib.load_model_params(Path(path), make_model, self.mesh)
 
   def load_policy(self, stage: str = "sft"):
     """(graphdef, params) of the policy exported by stage `stage`."""

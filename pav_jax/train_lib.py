@@ -102,7 +102,7 @@ def init_state(make_model: Callable[[], nnx.Module], tx, mesh, seed: int):
   return state, shardings, graphdef
 
 
-def load_params(path, make_model: Callable[[], nnx.Module], mesh):
+def load_model_params(path, make_model: Callable[[], nnx.Module], mesh):
   """(graphdef, params) exported by a stage, restored sharded on `mesh`.
 
   The abstract tree of `nnx.eval_shape` has no concrete sharding (under
@@ -117,7 +117,7 @@ def load_params(path, make_model: Callable[[], nnx.Module], mesh):
   concrete = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       abstract, shardings)
-  return graphdef, ckpt_lib.load_params(path, concrete)
+  return graphdef, ckpt_lib.load_params_tree(path, concrete)
 
 
 def make_train_step(graphdef, loss_fn: LossFn, tx, state_shardings, mesh):

@@ -53,14 +53,14 @@ def load_init_params(path: str, model_cfg: config_lib.ModelConfig,
           f"init_checkpoint {path} holds {hf_cfg}, which differs from the "
           f"configured model {model_cfg}: set config.model to match it")
     # Straight to the mesh, shard by shard: no device holds a whole tensor.
-    return hf_gemma.load_params(
+    return hf_gemma.load_hf_params(
         path, model_cfg, "float32",
         shardings=hf_gemma.mesh_shardings(model_cfg))
   mesh = sharding_lib.current_mesh(mesh)
   if mesh is None:  # one device: restore onto it
     _, abstract = transformer.abstract_params(model_cfg)
-    return ckpt_lib.load_params(path, abstract)
-  _, params = train_lib.load_params(
+    return ckpt_lib.load_params_tree(path, abstract)
+  _, params = train_lib.load_model_params(
       path, lambda: transformer.create(model_cfg), mesh)
   return params
 

@@ -351,7 +351,7 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path, case):
   corrupt, pattern = _ERROR_CASES[case]
   path = _copy_fixture(tmp_path)
   corrupt(path)
-  with pytest.raises(hf_gemma.CheckpointError, match=pattern):
+  with pytest.raises(hf_gemma.HFCheckpointError, match=pattern):
     hf_gemma.load_model(path)
 
 
@@ -380,13 +380,13 @@ def test_absent_optional_keys_take_hf_defaults():
 
 
 def test_not_a_directory(tmp_path):
-  with pytest.raises(hf_gemma.CheckpointError, match="not a directory"):
+  with pytest.raises(hf_gemma.HFCheckpointError, match="not a directory"):
     hf_gemma.load_model(str(tmp_path / "nope"))
 
 
 def test_export_rejects_params_of_another_config(tmp_path):
   cfg, _, params = _model()
-  with pytest.raises(hf_gemma.CheckpointError, match=r"q_DNH.*shape"):
+  with pytest.raises(hf_gemma.HFCheckpointError, match=r"q_DNH.*shape"):
     hf_gemma.save_model(str(tmp_path / "x"), cfg.replace(head_dim=8), params)
 
 
@@ -402,7 +402,7 @@ def test_load_straight_to_the_mesh_shard_by_shard(mesh_shape, dtype):
   param_sh = sharding.param_shardings(sharding.logical_axes(model), ref, mesh)
   with jax.set_mesh(mesh):
     assert hf_gemma.mesh_shardings(cfg) == param_sh
-  params = hf_gemma.load_params(FIXTURE, cfg, dtype, shardings=param_sh)
+  params = hf_gemma.load_hf_params(FIXTURE, cfg, dtype, shardings=param_sh)
   jax.tree.map(lambda x, s: x.sharding == s or pytest.fail(str(s)),
                params, param_sh)
   _assert_bit_exact(params, ref)

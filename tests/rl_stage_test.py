@@ -82,7 +82,8 @@ def _with_verifier(base, dest):
 
 def _rl_params(workdir):
   _, abstract = transformer.abstract_params(MODEL)
-  return ckpt_lib.load_params(Path(workdir) / "rl" / "policy_params", abstract)
+  return ckpt_lib.load_params_tree(
+      Path(workdir) / "rl" / "policy_params", abstract)
 
 
 def _rows(workdir):
@@ -112,7 +113,7 @@ def test_sigkill_then_resume_equals_uninterrupted(base, tmp_path):
   assert summary["arm"]["alpha"] == 3.0 and summary["arm"]["scorer"] == "pav"
   # The policy moved (lr 1e-2): RL did update it.
   _, sft = transformer.abstract_params(MODEL)
-  sft = ckpt_lib.load_params(a / "sft" / "params", sft)
+  sft = ckpt_lib.load_params_tree(a / "sft" / "params", sft)
   moved = jax.tree.leaves(jax.tree.map(
       lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()),
       sft, _rl_params(a)))

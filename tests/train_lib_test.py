@@ -264,7 +264,7 @@ def _final_params(workdir):
   _, abstract = transformer.abstract_params(
       CFG.replace(vocab_size=320, num_layers=1, embed_dim=32, hidden_dim=64,
                   num_heads=2, num_kv_heads=1, head_dim=16, sliding_window=64))
-  return ckpt_lib.load_params(Path(workdir) / "sft" / "params", abstract)
+  return ckpt_lib.load_params_tree(Path(workdir) / "sft" / "params", abstract)
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):

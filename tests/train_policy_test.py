@@ -14,7 +14,7 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gemma2_tiny")
 
 def test_load_init_params_hf_lands_sharded_on_the_mesh():
   cfg = hf_gemma.config_from_hf(hf_gemma.read_hf_config(FIXTURE), "float32")
-  want = hf_gemma.load_params(FIXTURE, cfg, "float32")
+  want = hf_gemma.load_hf_params(FIXTURE, cfg, "float32")
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
   with jax.set_mesh(mesh):
     got = train_policy.load_init_params(FIXTURE, cfg)

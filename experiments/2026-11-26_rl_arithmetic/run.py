@@ -167,9 +167,12 @@ def aggregate(results: dict, chosen: float, alpha_val: dict) -> str:
 def aggregate_finished(workdir: str, alphas, seeds) -> None:
   """Tables and plots from the arms whose DONE.json exists."""
   root = Path(workdir) / "rl_exp"
-  load = lambda arm, s: json.loads((root / f"{arm}_s{s}" / "DONE.json")
-                                   .read_text())
-  done = lambda arm, s: (root / f"{arm}_s{s}" / "DONE.json").exists()
+  def load(arm, s):
+    return json.loads((root / f"{arm}_s{s}" / "DONE.json").read_text())
+
+  def done(arm, s):
+    return (root / f"{arm}_s{s}" / "DONE.json").exists()
+
   alpha_val = {a: load(f"pav{a:g}", seeds[0])["final_validation_pass@1"]
                for a in alphas if done(f"pav{a:g}", seeds[0])}
   chosen = max(alpha_val, key=lambda a: (alpha_val[a], -a))

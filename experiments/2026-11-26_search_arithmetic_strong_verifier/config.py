@@ -3,8 +3,8 @@
 Command (from the repository root; the workdir holds the demo's sft policy,
 labels and verifiers, see README.md):
 
-  python -m pav_jax.main \
-      --config=experiments/2026-11-26_search_arithmetic_strong_verifier/config.py \
+  REC=experiments/2026-11-26_search_arithmetic_strong_verifier
+  python -m pav_jax.main --config=$REC/config.py \\
       --workdir=runs/search_strong --config.stages=search
 
 Builds on configs/demo.py (-> configs/arithmetic.py -> defaults.base_config):
