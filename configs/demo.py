@@ -7,8 +7,11 @@ Stages:   sft (base policy on arithmetic chains) -> label (MC Q-hat under pi,
           beam search, with compute accounting) -> rl (a short PAV-RL run
           from the sft policy: 30 iterations of 8 prompts x 4 samples,
           held-out pass@1 every 10, pass@1..16 of init vs final).
-Run time: 7 min 19 s measured on 2 idle CPU cores (SFT 2 min, labels 2 min,
-          verifiers 1.5 min, search 1.6 min); the target is <= 20 minutes.
+Run time: 33 min wall, 1,386 CPU-s on the 2-core machine under load 7-8
+          (SFT 496 s, labels 427 s, verifiers 673 s incl. the strong backbone
+          469 s, search 146 s, RL 232 s); ~10-12 min estimated on idle cores
+          (not re-measured idle; before the strong backbone and RL the four
+          stages took 7 min 19 s idle). Target <= 15 minutes.
 Result:   runs/demo/report.md with tables and PNG plots; rerunning resumes.
 """
 
