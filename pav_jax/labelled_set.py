@@ -56,12 +56,14 @@ def tokenizer_identity(tok) -> dict:
           "eos_id": tok.eos_id}
 
 
-def identity(tok, *, policy_checkpoint: str, prover_checkpoint: str,
+def identity(tok, *, policy_sha256: str, prover_sha256: str | None,
              task: str, seed: int) -> dict:
-  """Identity of a set made by policy `policy_checkpoint` on `task`."""
+  """Identity of a set made on `task` by the policy whose params hash to
+  `policy_sha256` (its content, not its path: a retrained policy is refused,
+  a moved workdir is not), with a checkpoint prover's hash or None."""
   return dict(tokenizer_identity(tok), pad_id=tok.pad_id, bos_id=tok.bos_id,
-              policy_checkpoint=policy_checkpoint,
-              prover={"checkpoint": prover_checkpoint}, task=task, seed=seed)
+              policy_sha256=policy_sha256,
+              prover={"sha256": prover_sha256}, task=task, seed=seed)
 
 
 def is_writer() -> bool:

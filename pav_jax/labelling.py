@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pav_jax import identity as id_lib
 from pav_jax import labelled_set
 from pav_jax import mc_values
 from pav_jax import run_lib
@@ -372,22 +373,32 @@ def label_config(config) -> LabelConfig:
       prompts_per_chunk=lc.prompts_per_chunk, mode=lc.mode)
 
 
+def _params_sha256(params, path) -> str:
+  """Content hash of a policy: its arrays on one host; on several hosts
+  (arrays not fully addressable) the bytes of its exported files."""
+  if jax.process_count() == 1:
+    return id_lib.tree_sha256(params)
+  files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+  return id_lib.tree_sha256({str(p.relative_to(path)): np.frombuffer(
+      p.read_bytes(), np.uint8) for p in files})
+
+
 def run_label(run: run_lib.Run) -> dict:
   """Stage "label": train and eval labelled sets under <workdir>/label/."""
   config, workdir = run.config, run.workdir
   graphdef, params = run.load_policy()
   lc = config.label
   sampler = run.sampler(graphdef, cache_size=lc.cache_size)
-  prover = None
+  prover, prover_sha = None, None
   if lc.prover_checkpoint:
     _, prover_params = run.load_params_dir(
         lc.prover_checkpoint, lambda: transformer.create(run.model_cfg))
     prover = Prover(sampler, prover_params)
+    prover_sha = _params_sha256(prover_params, lc.prover_checkpoint)
   cfg = label_config(config)
   identity = labelled_set.identity(
-      run.tok, policy_checkpoint=str((workdir / "sft" / "params").absolute()),
-      prover_checkpoint=lc.prover_checkpoint, task=config.task.name,
-      seed=run.seed)
+      run.tok, policy_sha256=_params_sha256(params, workdir / "sft" / "params"),
+      prover_sha256=prover_sha, task=config.task.name, seed=run.seed)
   summary, md = {}, ["| split | prompts | rollouts | prefixes | sampled tok | "
                      "prefilled tok | MC rollouts | cache full (biased) | "
                      "mean Q̂(s_1) | outcome | s |",

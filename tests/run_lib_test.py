@@ -128,8 +128,8 @@ def _arrays(rows=2, p=3):
 
 
 def test_labelled_set_identity_has_no_prover_k_and_old_sets_load(tmp_path):
-  ident = labelled_set.identity(_Tok(), policy_checkpoint="/p",
-                                prover_checkpoint="", task="t", seed=0)
+  ident = labelled_set.identity(_Tok(), policy_sha256="aa",
+                                prover_sha256=None, task="t", seed=0)
   assert "bok_k" not in str(ident)
   m = labelled_set.open_manifest(tmp_path, ident, None, {"seconds": 0.0})
   labelled_set.add_shard(tmp_path, m, 0, _arrays(), (0, 1),
@@ -138,10 +138,11 @@ def test_labelled_set_identity_has_no_prover_k_and_old_sets_load(tmp_path):
       tmp_path, expect=labelled_set.tokenizer_identity(_Tok()))
   assert data["q_NP"].shape == (2, 3) and data["manifest"]["complete"]
   # A set written when K was part of the identity still matches.
-  old = dict(ident, prover={"bok_k": 4, "checkpoint": ""})
+  old = dict(ident, prover={"bok_k": 4, "sha256": None})
   labelled_set.check_identity(tmp_path, old, ident)
-  with pytest.raises(labelled_set.LabelledSetError, match="policy_checkpoint"):
-    labelled_set.check_identity(tmp_path, dict(old, policy_checkpoint="/q"),
+  # Another policy (its content, not its path) is refused.
+  with pytest.raises(labelled_set.LabelledSetError, match="policy_sha256"):
+    labelled_set.check_identity(tmp_path, dict(old, policy_sha256="bb"),
                                 ident)
 
 
