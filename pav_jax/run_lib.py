@@ -156,8 +156,13 @@ class Run:
     the verifiers stage."""
     return self.load_params_dir(
         self.stage_dir("verifiers") / name / "params",
-        lambda: verifier_lib.create(
-            self.model_cfg, design=self.config.verifier.design))
+        lambda: verifier_lib.create(self.model_cfg, design=self._design()))
+
+  def _design(self) -> str:
+    """The verifier design of this run's `c.verifier.design`."""
+    if self.config is None or "verifier" not in self.config:
+      return verifier_lib.DEFAULT_DESIGN
+    return self.config.verifier.design
 
 
 def make_task(config):
