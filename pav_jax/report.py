@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from pav_jax import plots
+
 
 def _table(rows: dict[str, dict]) -> list[str]:
   keys = sorted({k for r in rows.values() for k in r})
@@ -46,10 +48,8 @@ def plot_rl_curves(arms: dict[str, list[dict]], path_iter: Path,
   'pass@1'} lists, as `rl_stage.curves` returns); the mean over seeds is
   drawn with a min..max band when there are several seeds.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   for path, xkey, xlabel in ((path_iter, "iteration", "RL iteration"),
                              (path_tokens, "sampled_tokens",
                               "policy tokens sampled")):
@@ -63,14 +63,8 @@ def plot_rl_curves(arms: dict[str, list[dict]], path_iter: Path,
       if len(runs) > 1:
         ax.fill_between(x, y.min(0), y.max(0), alpha=0.2,
                         color=line.get_color())
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("held-out pass@1 (mean; band min..max over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save_axes(plt, fig, ax, path, xlabel,
+                    "held-out pass@1 (mean; band min..max over seeds)", title)
 
 
 def rl_section(result: dict, out_dir: Path, link_dir: str = "rl") -> str:

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pav_jax import plots
+
 def interp_log(x: float, xs: Sequence[float],
                ys: Sequence[float]) -> float | None:
   """y at x by linear interpolation in log(x) along a curve (None outside)."""
@@ -98,23 +100,8 @@ PLOT_METHODS = ("pass@N", "majority", "logprob_bon", "wmaj_orm", "orm_bon",
                 "mc_pav_beam")
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def _save(plt, fig, ax, path: Path, xlabel: str, ylabel: str,
-          title: str) -> None:
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+_pyplot = plots.pyplot
+_save = plots.save_axes
 
 
 def plot_accuracy(curves: dict[str, dict], ns, path_n: Path, path_c: Path,
