@@ -48,6 +48,7 @@ import numpy as np
 from pav_jax import identity as id_lib
 from pav_jax import labelled_set
 from pav_jax import mc_values
+from pav_jax import metrics
 from pav_jax import run_lib
 from pav_jax import sampler as sampler_lib
 from pav_jax import transformer
@@ -83,6 +84,13 @@ def bisect_first_zero(is_zero: Callable[[int], bool], lo: int, hi: int) -> int:
 # -----------------------------------------------------------------------------
 
 
+FIRST_PIT_MODES = ("off", "filter", "bisect")
+# Fields added after sets were first written: left out of a set's identity
+# at these defaults, so sets made before them still resume and load.
+_LATER_FIELDS = {"first_pit": "off", "pit_high": 0.0, "n_pit": 32,
+                 "pit_topup": True, "n_mc_min": 0, "mc_tol": 0.0}
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
   """Static labelling parameters.
@@ -97,6 +105,27 @@ class LabelConfig:
     mode: "fork" (continuations fork the prefix cache) or "reprefill".
     row_buckets: continuation batches are padded to multiples of
       rows/row_buckets, so decode compiles at most row_buckets + 1 times.
+    first_pit: which prefixes of a failing seed are kept (App. D, Fig. 11):
+      "off" all of them; "filter" those up to the first prefix whose
+      existing Q̂ is 0 (after one with Q̂ >= pit_high); "bisect" spends
+      n_pit extra rollouts per probe to locate the first prefix whose Q̂
+      is 0 by bisection over the prefixes, the paper's "first pit". A
+      failing seed without a pit keeps all its prefixes; correct seeds
+      always do. Dropped prefixes leave `mask_NP` (`seed_mask_NP` keeps
+      them), `pit_N` holds the pit's prefix index (-1: none).
+    pit_high: a pit is looked for only in failing seeds that reached a
+      prefix with Q̂ >= pit_high (the paper's "high-value states"; 0: all).
+    n_pit: rollouts of one bisection probe (and of a top-up).
+    pit_topup: "bisect" also gives n_pit rollouts to every kept prefix
+      before the pit whose Q̂ is still 0 (it is known to be > 0: a later
+      prefix succeeded), the paper's "estimate those Q̂ with a large number
+      of partial rollouts".
+    n_mc_min: adaptive MC budget (beyond the paper) when 0 < n_mc_min <
+      n_mc: a prefix is sampled in rounds of n_mc_min up to n_mc and
+      stops once resolved: all rollouts of the first round agree (Q̂ 0 or
+      1), or (mc_tol > 0) the 99.9% binomial half-width of Q̂ is <= mc_tol.
+      `count_NP` holds each prefix's rollouts. 0: n_mc for every prefix.
+    mc_tol: the half-width that resolves a prefix (adaptive only).
   """
 
   n_cov: int = 4
@@ -107,6 +136,12 @@ class LabelConfig:
   prompts_per_chunk: int = 32
   mode: str = "fork"
   row_buckets: int = 4
+  first_pit: str = "off"
+  pit_high: float = 0.0
+  n_pit: int = 32
+  pit_topup: bool = True
+  n_mc_min: int = 0
+  mc_tol: float = 0.0
 
   def __post_init__(self):
     if self.mode not in ("fork", "reprefill"):
@@ -114,6 +149,16 @@ class LabelConfig:
     if min(self.n_cov, self.n_mc, self.max_steps, self.prompts_per_chunk) < 1:
       raise ValueError("n_cov, n_mc, max_steps, prompts_per_chunk must be"
                        f" >= 1: {self}")
+    if self.first_pit not in FIRST_PIT_MODES:
+      raise ValueError(f"first_pit must be one of {FIRST_PIT_MODES}, got "
+                       f"{self.first_pit!r}")
+    if self.n_pit < 1 or self.n_mc_min < 0 or not 0 <= self.pit_high <= 1:
+      raise ValueError(f"need n_pit >= 1, n_mc_min >= 0, 0 <= pit_high <= 1:"
+                       f" {self}")
+
+  @property
+  def adaptive(self) -> bool:
+    return 0 < self.n_mc_min < self.n_mc
 
   @property
   def num_prefixes(self) -> int:
@@ -129,6 +174,145 @@ class Prover:
 
   sampler: Any
   params: Any
+
+
+def _mc_successes(sampler, params, state, rows_A, resp_A, prefixes_A,
+                  prompt_A, keys_AN, grade: GradeFn, cfg: LabelConfig,
+                  total_rows: int, budget: Budget) -> np.ndarray:
+  """Successes of keys_AN.shape[1] continuations of each prefix: forked
+  from `state` rows (fork mode) or re-prefilled n times (state None)."""
+  n = keys_AN.shape[1]
+  mc = mc_values.McSettings(n, cfg.max_new_tokens, cfg.row_buckets)
+  keys = keys_AN.reshape((-1,) + keys_AN.shape[2:])
+  if state is not None:
+    return mc_values.continue_forked(sampler, params, state, rows_A, resp_A,
+                                     prompt_A, keys, grade, mc, total_rows,
+                                     budget)
+  return mc_values.continue_prefilled(sampler, params, prefixes_A, resp_A,
+                                      prompt_A, keys, grade, mc, total_rows,
+                                      budget, repeat=True)
+
+
+def resolved(succ_A: np.ndarray, count_A: np.ndarray, first: bool,
+             mc_tol: float) -> np.ndarray:
+  """Adaptive stopping: the first round's rollouts all agree, or (mc_tol >
+  0) the 99.9% binomial half-width of Q̂ is at most mc_tol (host)."""
+  agree = first & ((succ_A == 0) | (succ_A == count_A))
+  if mc_tol <= 0:
+    return agree
+  q = succ_A / np.maximum(count_A, 1)
+  return agree | (metrics.binomial_ci(q, np.maximum(count_A, 1)) <= mc_tol)
+
+
+def _adaptive_mc(sampler, params, state, rows_A, resp_A, prefixes_A,
+                 prompt_A, keys, grade: GradeFn, cfg: LabelConfig,
+                 total_rows: int, budget: Budget
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """(successes, rollouts) per prefix: n_mc each, or adaptive rounds.
+
+  Draw i of a prefix uses key i of `keys` ([A * n_mc], `mc_keys`) in both
+  cases, so an unresolved prefix gets exactly the fixed-n_mc label.
+  """
+  rows_A = np.asarray(rows_A)
+  a = len(rows_A)
+  keys_AN = keys.reshape((a, cfg.n_mc) + keys.shape[1:])
+  if not cfg.adaptive:
+    succ = _mc_successes(sampler, params, state, rows_A, resp_A, prefixes_A,
+                         prompt_A, keys_AN, grade, cfg, total_rows, budget)
+    return succ, np.full(a, cfg.n_mc, np.int32)
+  succ, count = np.zeros(a, np.int32), np.zeros(a, np.int32)
+  active, j = np.ones(a, bool), 0
+  while j < cfg.n_mc and active.any():
+    take = min(cfg.n_mc_min, cfg.n_mc - j)
+    idx = np.flatnonzero(active)
+    succ[idx] += _mc_successes(
+        sampler, params, state, rows_A[idx], [resp_A[i] for i in idx],
+        [prefixes_A[i] for i in idx], np.asarray(prompt_A)[idx],
+        keys_AN[jnp.asarray(idx), j:j + take], grade, cfg, total_rows, budget)
+    count[idx] += take
+    active &= ~resolved(succ, count, j == 0, cfg.mc_tol)
+    j += take
+  return succ, count
+
+
+def _first_pits(sampler, params, prompts, resp, resp_len, prompt_of_row,
+                q_succ, q_count, mask, exact_m, outcome, n: int, key,
+                grade: GradeFn, cfg: LabelConfig, total_rows: int,
+                budget: Budget, prompt_offset: int):
+  """First pit of each failing seed (rows < n): returns (succ, count, pit).
+
+  "filter": the first prefix with Q̂ == 0 after one with Q̂ >= pit_high.
+  "bisect": a prefix with a success has Q > 0, and so (a pit persists:
+  the seed's own next step has probability > 0) have all before it; the
+  pit lies after the last such prefix. Bisection over the rest, all at
+  Q̂ = 0, probes a prefix with n_pit more rollouts (prefilled, then forked);
+  an EOS-closed prefix of a failing seed is an exact zero. The probes'
+  rollouts add to the labels and to `budget.pit_rollouts`. pit = -1: no pit
+  (a correct seed, no high state, or no zero found).
+  """
+  q_succ, q_count = q_succ.copy(), q_count.copy()
+  r_total, p_max = q_succ.shape
+  pit = np.full(r_total, -1, np.int64)
+  q = q_succ / np.maximum(q_count, 1)
+  q = np.where(exact_m, outcome[:, None], q)
+  last = mask.sum(1) - 1
+  rows = [r for r in range(n) if outcome[r] == 0
+          and (q[r, : last[r] + 1] >= cfg.pit_high).any()]
+  if cfg.first_pit == "filter":
+    for r in rows:
+      high = np.cumsum(q[r, : last[r] + 1] >= cfg.pit_high) > 0
+      zero = np.flatnonzero(high & (q[r, : last[r] + 1] <= 0))
+      pit[r] = zero[0] if len(zero) else -1
+    return q_succ, q_count, pit
+  mc_before = budget.mc_rollouts
+  # Bisection state per row: [lo, hi] still open, ans = smallest zero seen.
+  nz = {r: np.flatnonzero((q_succ[r] > 0) & mask[r] & ~exact_m[r])
+        for r in rows}
+  lo = {r: (int(nz[r][-1]) + 1 if len(nz[r]) else 0) for r in rows}
+  first_lo = dict(lo)
+  hi = {r: int(last[r]) for r in rows}
+  ans = {r: int(last[r]) + 1 for r in rows}
+  probed = set()
+
+  def probe(items):
+    """n_pit more rollouts at (row, h) items; updates q_succ / q_count."""
+    if not items:
+      return
+    pref = [prompts[prompt_of_row[r]] + resp[r][: resp_len[r, h]]
+            for r, h in items]
+    resp_A = [resp[r][: resp_len[r, h]] for r, h in items]
+    keys = jnp.concatenate([mc_values.mc_keys(key, h, np.array([r]),
+                                              cfg.n_pit) for r, h in items])
+    mc = mc_values.McSettings(cfg.n_pit, cfg.max_new_tokens, cfg.row_buckets)
+    succ = mc_values.continue_prefilled(
+        sampler, params, pref, resp_A,
+        np.array([prompt_of_row[r] + prompt_offset for r, _ in items]), keys,
+        grade, mc, total_rows, budget, repeat=False)
+    for (r, h), s in zip(items, succ):
+      q_succ[r, h] += s
+      q_count[r, h] += cfg.n_pit
+      probed.add((r, h))
+
+  while True:
+    active = [r for r in rows if lo[r] <= hi[r]]
+    if not active:
+      break
+    mid = {r: (lo[r] + hi[r]) // 2 for r in active}
+    probe([(r, mid[r]) for r in active if not exact_m[r, mid[r]]])
+    for r in active:
+      if q_succ[r, mid[r]] == 0:  # exact zero, or every probe failed
+        ans[r], hi[r] = mid[r], mid[r] - 1
+      else:
+        lo[r] = mid[r] + 1
+  for r in rows:
+    pit[r] = ans[r] if ans[r] <= last[r] else -1
+  if cfg.pit_topup:
+    probe([(r, h) for r in rows if pit[r] >= 0
+           for h in range(first_lo[r], pit[r])
+           if q_succ[r, h] == 0 and not exact_m[r, h]
+           and (r, h) not in probed])
+  budget.pit_rollouts += budget.mc_rollouts - mc_before
+  return q_succ, q_count, pit
 
 
 def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
@@ -169,7 +353,8 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
   c, n_cov, n_mc, p_max = len(prompts), cfg.n_cov, cfg.n_mc, cfg.num_prefixes
   r_total = c * n_cov
   eos = sampler.eos_id
-  k_prompt, k_seed, k_mc, k_mu = (jax.random.fold_in(key, i) for i in range(4))
+  k_prompt, k_seed, k_mc, k_mu, k_pit = (jax.random.fold_in(key, i)
+                                         for i in range(5))
 
   prompt_of_row = np.repeat(np.arange(c), n_cov)
   resp = [[] for _ in range(r_total)]
@@ -180,9 +365,13 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
   exact = np.full((r_total, p_max), -1.0)  # outcome at an EOS-closed prefix
   finished = np.zeros(r_total, bool)
   running = np.ones(r_total, bool)
+  resp_len = np.zeros((r_total, p_max), np.int64)  # response tokens of s_h+1
 
   def label(h, state, rows_A):
-    """Q̂^π (and Q̂^μ) of prefix h of rows_A; state rows are rows_A's."""
+    """Q̂^π (and Q̂^μ) of prefix h of rows_A; state rows are rows_A's.
+
+    Returns (successes, rollouts, μ's successes out of n_mc or None).
+    """
     if h == 0:  # s_1 is per prompt; state rows are prompts.
       resp_A = [[] for _ in rows_A]
       prefixes = [prompts[i] for i in rows_A]
@@ -192,30 +381,25 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
       prefixes = [prompts[prompt_of_row[r]] + resp[r] for r in rows_A]
       prompt_A = prompt_of_row[rows_A] + prompt_offset
     keys = mc_values.mc_keys(k_mc, h, rows_A, n_mc)
-    if cfg.mode == "fork":
-      succ = mc_values.continue_forked(sampler, params, state, rows_A, resp_A,
-                                       prompt_A, keys, grade, cfg, r_total,
-                                       budget)
-    else:
-      succ = mc_values.continue_prefilled(
-          sampler, params, prefixes, resp_A, prompt_A, keys, grade, cfg,
-          r_total, budget, repeat=True)
+    succ, count = _adaptive_mc(
+        sampler, params, state if cfg.mode == "fork" else None, rows_A,
+        resp_A, prefixes, prompt_A, keys, grade, cfg, r_total, budget)
     succ_mu = None
     if prover is not None:
       succ_mu = mc_values.continue_prefilled(
           prover.sampler, prover.params, prefixes, resp_A, prompt_A,
           mc_values.mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, r_total, budget,
           repeat=False)
-    return succ, succ_mu
+    return succ, count, succ_mu
 
   # Prompts: prefilled once; s_1 labelled per prompt (copied to its seeds).
   state = sampler.prefill(params, prompts, None,
                           key_B=jax.random.split(k_prompt, c))
   budget.prefilled_tokens += sampler_lib.prefilled_tokens(prompts[:real])
   all_prompts = np.arange(c)
-  succ, succ_mu = label(0, state, all_prompts)
+  succ, count, succ_mu = label(0, state, all_prompts)
   q_succ[:, 0] = succ[prompt_of_row]
-  q_count[:, 0] = n_mc
+  q_count[:, 0] = count[prompt_of_row]
   if succ_mu is not None:
     mu_succ[:, 0] = succ_mu[prompt_of_row]
 
@@ -231,6 +415,7 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
     budget.sampled_tokens += int(lens[running[:]].sum())
     for r in np.flatnonzero(running):
       resp[r] += toks[r, : lens[r]].tolist()
+      resp_len[r, h] = len(resp[r])
     over = np.array([len(x) >= cfg.max_new_tokens for x in resp])
     ended_eos = running & (stops == sampler_lib.EOS)
     stepped = running & (stops == sampler_lib.STEP_END) & ~over
@@ -251,9 +436,9 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
       break
     if running.any():
       rows_A = np.flatnonzero(running)
-      succ, succ_mu = label(h, seed, rows_A)
+      succ, count, succ_mu = label(h, seed, rows_A)
       q_succ[rows_A, h] = succ
-      q_count[rows_A, h] = n_mc
+      q_count[rows_A, h] = count
       if succ_mu is not None:
         mu_succ[rows_A, h] = succ_mu
       # Stop rows that reached their budget from decoding further.
@@ -273,6 +458,12 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
   p_ids = np.arange(p_max)[None, :]
   mask = p_ids < n_prefix[:, None]
   exact_m = (exact == -2.0) & mask
+  pit = None
+  if cfg.first_pit != "off":
+    q_succ, q_count, pit = _first_pits(
+        sampler, params, prompts, resp, resp_len, prompt_of_row, q_succ,
+        q_count, mask, exact_m, outcome, n, k_pit, grade, cfg, r_total,
+        budget, prompt_offset)
   q = np.where(q_count > 0, q_succ / np.maximum(q_count, 1), 0.0)
   q = np.where(exact_m, outcome[:, None], q)
   q_count = np.where(exact_m | ~mask, 0, q_count)
@@ -297,6 +488,11 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
       "count_NP": q_count[:n].astype(np.int32),
       "mask_NP": mask[:n],
   }
+  if pit is not None:
+    arrays["seed_mask_NP"] = mask[:n]
+    arrays["pit_N"] = pit[:n].astype(np.int32)
+    arrays["mask_NP"] = mask[:n] & ((pit[:n, None] < 0)
+                                    | (p_ids <= pit[:n, None]))
   if prover is not None:
     q_mu = np.where(q_count > 0, mu_succ / n_mc, q)
     arrays["q_mu_NP"] = np.where(mask, q_mu, 0.0)[:n].astype(np.float32)
@@ -309,6 +505,13 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
 # -----------------------------------------------------------------------------
 # Labelling a whole set into a directory (format: `labelled_set`).
 # -----------------------------------------------------------------------------
+
+
+def identity_config(cfg: LabelConfig) -> dict:
+  """The labelling settings of a set's identity; fields added later are
+  left out at their defaults (sets made before them stay valid)."""
+  return {k: v for k, v in dataclasses.asdict(cfg).items()
+          if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
 
 
 def label_dataset(directory: str | Path, sampler, params,
@@ -332,7 +535,7 @@ def label_dataset(directory: str | Path, sampler, params,
     directory.mkdir(parents=True, exist_ok=True)
   labelled_set.sync(f"label_dataset:{directory}:mkdir")
   identity = json.loads(json.dumps(dict(
-      identity, label_config=dataclasses.asdict(cfg),
+      identity, label_config=identity_config(cfg),
       num_prompts=len(prompts))))
   manifest = labelled_set.open_manifest(directory, identity, config,
                                         Budget().to_dict())
@@ -365,12 +568,18 @@ def label_dataset(directory: str | Path, sampler, params,
 # -----------------------------------------------------------------------------
 
 
-def label_config(config) -> LabelConfig:
+def label_config(config, split: str = "train") -> LabelConfig:
+  """The `LabelConfig` of `config.label`; first pits on the train split only
+  (the eval set keeps every prefix, for label and verifier metrics)."""
   lc = config.label
   return LabelConfig(
       n_cov=lc.n_cov, n_mc=lc.n_mc, max_new_tokens=config.sample.max_new_tokens,
       max_step_tokens=lc.max_step_tokens, max_steps=lc.max_steps,
-      prompts_per_chunk=lc.prompts_per_chunk, mode=lc.mode)
+      prompts_per_chunk=lc.prompts_per_chunk, mode=lc.mode,
+      first_pit=lc.get("first_pit", "off") if split == "train" else "off",
+      pit_high=lc.get("pit_high", 0.0), n_pit=lc.get("n_pit", 32),
+      pit_topup=lc.get("pit_topup", True), n_mc_min=lc.get("n_mc_min", 0),
+      mc_tol=lc.get("mc_tol", 0.0))
 
 
 def _params_sha256(params, path) -> str:
@@ -414,15 +623,16 @@ def run_label(run: run_lib.Run) -> dict:
 
     t0 = time.time()
     m = label_dataset(workdir / "label" / split, sampler, params, prompts,
-                      grade, run.key(stream), cfg, dict(identity, split=split),
-                      prover, config.to_dict())
+                      grade, run.key(stream), label_config(config, split),
+                      dict(identity, split=split), prover, config.to_dict())
     data = labelled_set.load_labelled(workdir / "label" / split)
     b = m["budget"]
     summary[split] = {"counts": m["counts"], "budget": b,
                       "mean_v1": float(data["q_NP"][:, 0].mean()),
                       "outcome": float(data["outcome_N"].mean()),
-                    "cache_full": int(b.get("cache_full", 0)),
-                    "cache_full_biased": int(b.get("cache_full_biased", 0)),
+                      "cache_full": int(b.get("cache_full", 0)),
+                      "cache_full_biased": int(b.get("cache_full_biased", 0)),
+                      "pit_rollouts": int(b.get("pit_rollouts", 0)),
                       "seconds": time.time() - t0}
     print(f"label/{split}: {m['counts']} budget {b}")
     md.append(f"| {split} | {m['counts']['prompts']} | "
@@ -434,7 +644,18 @@ def run_label(run: run_lib.Run) -> dict:
               f"{summary[split]['mean_v1']:.3f} | "
               f"{summary[split]['outcome']:.3f} | "
               f"{summary[split]['seconds']:.0f} |")
+  extra = ""
+  if cfg.first_pit != "off":
+    extra += (f" First pit (train): {cfg.first_pit}, pit_high="
+              f"{cfg.pit_high}, n_pit={cfg.n_pit}; pit rollouts "
+              f"{summary['train']['pit_rollouts']} (in MC rollouts).")
+  if cfg.adaptive:
+    extra += (f" Adaptive MC: rounds of {cfg.n_mc_min} up to {cfg.n_mc}, "
+              f"mc_tol={cfg.mc_tol}.")
   summary["report_md"] = (
       f"MC labels: n_cov={cfg.n_cov}, n_mc={cfg.n_mc}, mode={cfg.mode} "
-      "(continuations fork each prefix's KV cache).\n\n" + "\n".join(md))
+      "(continuations fork each prefix's KV cache)." + extra
+      + " Cache full: rollouts stopped by a full KV cache (biased: before "
+      "the response budget; a set with any is refused).\n\n"
+      + "\n".join(md))
   return summary

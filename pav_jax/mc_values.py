@@ -58,7 +58,8 @@ class Budget:
 
   `cache_full` counts rollouts stopped by a full KV cache (reported);
   `cache_full_biased` those of them cut before the response budget: their
-  grade (and so Q̂) is biased.
+  grade (and so Q̂) is biased. `pit_rollouts`: the part of `mc_rollouts`
+  spent locating first pits (`labelling.LabelConfig.first_pit="bisect"`).
   """
 
   sampled_tokens: int = 0
@@ -67,6 +68,7 @@ class Budget:
   mc_rollouts: int = 0
   cache_full: int = 0
   cache_full_biased: int = 0
+  pit_rollouts: int = 0
   seconds: float = 0.0
 
   def add(self, other: "Budget") -> None:

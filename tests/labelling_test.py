@@ -295,3 +295,116 @@ def test_cache_full_fails_loudly_and_is_reported(tmp_path):
   (tmp_path / "ok" / "manifest.json").write_text(json.dumps(m))
   with pytest.raises(labelled_set.LabelledSetError, match="label.cache_size"):
     labelled_set.load_labelled(tmp_path / "ok")
+
+
+# First pits and the adaptive MC budget, on the automaton LM (exact values).
+# Env (1, 2, 0) in 6 symbols: once fewer steps remain than y* still needs,
+# the answer is unreachable and Q = 0 exactly: a known pit.
+
+_PIT_ENV = env_lib.Env(target=(1, 2, 0), length=6, vocab=5)
+_PIT_GAMMA = 1.5
+
+
+def _exact_q(env, arr, gamma):
+  """Exact Q^pi of every real prefix (NaN elsewhere) of a label_chunk row."""
+  delta = env_lib.transition_table(env)
+  v_KR = env_lib.prover_values(env, gamma).v_KR
+  q = np.full(arr["q_NP"].shape, np.nan)
+  mask = arr.get("seed_mask_NP", arr["mask_NP"])
+  for r in range(len(q)):
+    resp = arr["tokens_NT"][r, 2:2 + arr["response_len_N"][r]].tolist()
+    syms, k = _env_symbols(env, resp), 0
+    for h in range(int(mask[r].sum())):
+      if h > 0 and h - 1 < len(syms):
+        k = delta[k, syms[h - 1]]
+      q[r, h] = (arr["outcome_N"][r] if arr["count_NP"][r, h] == 0
+                 else v_KR[k, env.length - h])
+  return q
+
+
+def _pit_chunk(key=0, **kw):
+  env = _PIT_ENV
+  gd, params, cfg = automaton_lm(env, _PIT_GAMMA)
+  s = sampler_lib.Sampler(gd, cfg, cache_size=64, eos_id=EOS, step_id=STEP,
+                          pad_id=PAD)
+  base = dict(n_cov=4, n_mc=4, max_new_tokens=2 * env.length,
+              max_step_tokens=2, max_steps=env.length, prompts_per_chunk=8,
+              row_buckets=1)
+  lc = labelling.LabelConfig(**dict(base, **kw))
+  return labelling.label_chunk(s, params, [[BOS, STEP]] * 8, _grade_env(env),
+                               jax.random.key(key), lc)
+
+
+def test_bisect_locates_the_known_first_pit_and_counts_its_rollouts():
+  off, b_off = _pit_chunk()
+  bis, b_bis = _pit_chunk(first_pit="bisect", n_pit=64)
+  fil, _ = _pit_chunk(first_pit="filter")
+  q_true = _exact_q(_PIT_ENV, off, _PIT_GAMMA)
+  fail = off["outcome_N"] == 0
+  n_real = off["mask_NP"].sum(1)
+  # The truth: the first prefix with exact Q == 0 (a finished failing seed
+  # always has one, at the latest its EOS-closed last prefix).
+  true_pit = np.array([np.flatnonzero(q_true[r, :n_real[r]] == 0)[0]
+                       if fail[r] else -1 for r in range(len(fail))])
+  assert fail.sum() >= 8 and (true_pit[fail] < n_real[fail] - 1).sum() >= 4
+  np.testing.assert_array_equal(bis["seed_mask_NP"], off["mask_NP"])
+  # Probes only reveal successes: a found pit is never after the true one,
+  # and with 64 probes it is the true one for nearly every failing seed.
+  assert (bis["pit_N"][~fail] == -1).all()
+  assert (bis["pit_N"][fail] >= 0).all()
+  assert (bis["pit_N"] <= true_pit).all()
+  assert np.mean(bis["pit_N"][fail] == true_pit[fail]) >= 0.9
+  # Kept prefixes run up to the pit; the pit is labelled 0.
+  p_ids = np.arange(off["mask_NP"].shape[1])
+  keep = off["mask_NP"] & ((bis["pit_N"][:, None] < 0)
+                           | (p_ids <= bis["pit_N"][:, None]))
+  np.testing.assert_array_equal(bis["mask_NP"], keep)
+  rows = np.flatnonzero(fail)
+  assert (bis["q_NP"][rows, bis["pit_N"][rows]] == 0).all()
+  # The main pass is unchanged (own key stream); probes only add rollouts,
+  # and the budget counts them.
+  assert (bis["count_NP"] >= off["count_NP"]).all()
+  assert (bis["succ_NP"] >= off["succ_NP"]).all()
+  extra = int((bis["count_NP"] - off["count_NP"]).sum())
+  assert b_bis.pit_rollouts == b_bis.mc_rollouts - b_off.mc_rollouts > 0
+  assert extra == b_bis.pit_rollouts  # s_1 copies aside: no shared probes
+  # Labels of kept prefixes are closer to the exact values than n_mc = 4.
+  err_off = np.nanmean(np.where(bis["mask_NP"], off["q_NP"] - q_true,
+                                np.nan) ** 2)
+  err_bis = np.nanmean(np.where(bis["mask_NP"], bis["q_NP"] - q_true,
+                                np.nan) ** 2)
+  assert err_bis < err_off
+  # "filter" reuses the labels: the first zero after a high state (pit_high
+  # 0: the first zero), no extra rollouts; the same seeds as "off".
+  pit_f, _ = advantages.first_pit(jnp.asarray(off["q_NP"]),
+                                  jnp.asarray(off["mask_NP"]), high=0.0)
+  np.testing.assert_array_equal(fil["pit_N"],
+                                np.where(fail, np.asarray(pit_f), -1))
+  np.testing.assert_array_equal(fil["q_NP"], off["q_NP"])
+
+
+def test_adaptive_mc_stops_resolved_prefixes_and_keeps_the_rest_exact():
+  fixed, b_fixed = _pit_chunk(n_mc=16)
+  ada, b_ada = _pit_chunk(n_mc=16, n_mc_min=4)
+  np.testing.assert_array_equal(ada["mask_NP"], fixed["mask_NP"])
+  mc = fixed["count_NP"] > 0
+  counts = ada["count_NP"][mc]
+  assert set(np.unique(counts)) <= {4, 8, 12, 16}
+  # Resolved after the first round: all 4 agree; never resolved later.
+  stop = ada["count_NP"] == 4
+  assert stop.any() and (ada["count_NP"][mc] > 4).any()
+  assert np.isin(ada["succ_NP"][stop], [0, 4]).all()
+  full = mc & (ada["count_NP"] == 16)
+  # Draw i uses key i in both: an unresolved prefix has the fixed label.
+  np.testing.assert_array_equal(ada["succ_NP"][full], fixed["succ_NP"][full])
+  once = mc.copy()  # s_1 is labelled once per prompt (copied to its seeds)
+  once[np.arange(len(once)) % 4 > 0, 0] = False
+  assert b_fixed.mc_rollouts == int(fixed["count_NP"][once].sum())
+  assert b_ada.mc_rollouts == int(ada["count_NP"][once].sum())
+  assert b_ada.mc_rollouts < 0.8 * b_fixed.mc_rollouts
+  # A confidence bound stops more (every prefix once its CI is narrow).
+  assert np.array_equal(labelling.resolved(
+      np.array([0, 2, 2, 16]), np.array([4, 4, 16, 16]), True, 0.0),
+      [True, False, False, True])
+  assert np.array_equal(labelling.resolved(
+      np.array([2, 50]), np.array([4, 400]), False, 0.1), [False, True])
