@@ -116,10 +116,10 @@ class LabelConfig:
     pit_high: a pit is looked for only in failing seeds that reached a
       prefix with Q̂ >= pit_high (the paper's "high-value states"; 0: all).
     n_pit: rollouts of one bisection probe (and of a top-up).
-    pit_topup: "bisect" also gives n_pit rollouts to every kept prefix
-      before the pit whose Q̂ is still 0 (it is known to be > 0: a later
-      prefix succeeded), the paper's "estimate those Q̂ with a large number
-      of partial rollouts".
+    pit_topup: "bisect" also gives n_pit rollouts to every prefix before
+      the pit whose Q̂ is still 0 (it is known to be > 0: a later prefix
+      succeeded or the bisection put the pit after it), the paper's
+      "estimate those Q̂ with a large number of partial rollouts".
     n_mc_min: adaptive MC budget (beyond the paper) when 0 < n_mc_min <
       n_mc: a prefix is sampled in rounds of n_mc_min up to n_mc and
       stops once resolved: all rollouts of the first round agree (Q̂ 0 or
@@ -269,7 +269,6 @@ def _first_pits(sampler, params, prompts, resp, resp_len, prompt_of_row,
   nz = {r: np.flatnonzero((q_succ[r] > 0) & mask[r] & ~exact_m[r])
         for r in rows}
   lo = {r: (int(nz[r][-1]) + 1 if len(nz[r]) else 0) for r in rows}
-  first_lo = dict(lo)
   hi = {r: int(last[r]) for r in rows}
   ans = {r: int(last[r]) + 1 for r in rows}
   probed = set()
@@ -307,8 +306,7 @@ def _first_pits(sampler, params, prompts, resp, resp_len, prompt_of_row,
   for r in rows:
     pit[r] = ans[r] if ans[r] <= last[r] else -1
   if cfg.pit_topup:
-    probe([(r, h) for r in rows if pit[r] >= 0
-           for h in range(first_lo[r], pit[r])
+    probe([(r, h) for r in rows if pit[r] >= 0 for h in range(pit[r])
            if q_succ[r, h] == 0 and not exact_m[r, h]
            and (r, h) not in probed])
   budget.pit_rollouts += budget.mc_rollouts - mc_before

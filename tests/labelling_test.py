@@ -1,5 +1,6 @@
 """Tests of pav_jax.labelling and labelled_set: MC labels vs exact DP,
-fork == re-prefill, resume, and refusal of corrupt or mismatched sets."""
+fork == re-prefill, first pits and the adaptive budget against known exact
+values, resume, and refusal of corrupt or mismatched sets."""
 
 import json
 
@@ -7,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from pav_jax import advantages
 from pav_jax import config as config_lib
@@ -16,113 +16,17 @@ from pav_jax import labelling
 from pav_jax import mc_values
 from pav_jax import sampler as sampler_lib
 from pav_jax import transformer
+from pav_jax.didactic import automaton_lm as automaton
 from pav_jax.didactic import env as env_lib
 
-PAD, BOS, EOS, STEP, SYM0 = 0, 1, 2, 4, 5
-
-
-# A sampler-compatible "LM" whose next-token law is the didactic prover
-# mu_gamma exactly: each env action is a step "<symbol>\n" (the env's EOS
-# action is the real EOS, and after `length` symbols the step ends with EOS).
-# Its automaton state lives in the KV cache, so the real Sampler, fork and
-# select_rows drive it unchanged.
-
-
-def automaton_lm(env: env_lib.Env, gamma: float):
-  k_states, el = env.n_states, env.length
-  delta = env_lib.transition_table(env)
-  probs = env_lib.prover_probs(env, gamma)
-  vocab = SYM0 + env.vocab - 1
-  n_z = k_states * (el + 1) * 2
-  def enc(k, h, w):
-    return k + k_states * (h + (el + 1) * w)
-
-  nxt = np.zeros((n_z, vocab), np.int32)
-  logits = np.full((n_z, vocab), -1e9, np.float32)
-  for k in range(k_states):
-    for h in range(el + 1):
-      for w in (0, 1):
-        z = enc(k, h, w)
-        nxt[z] = z
-        nxt[z, STEP] = enc(k, h, 0)
-        for a in range(env.vocab - 1):
-          nxt[z, SYM0 + a] = enc(delta[k, a], min(h + 1, el), 1)
-        if w:
-          logits[z, EOS if h == el else STEP] = 0.0
-        else:
-          logits[z, SYM0:] = np.log(probs[k, :-1])
-          logits[z, EOS] = np.log(probs[k, -1])
-
-  class AutomatonLM(nnx.Module):
-    NEXT, LOGITS = nxt, logits
-
-    def __init__(self):
-      self.dummy = nnx.Param(jnp.zeros((), jnp.float32))
-
-    def __call__(self, tokens_BT, pos_BT, valid_BT, cache=None):
-      b = tokens_BT.shape[0]
-      nxt_ZV, logits_ZV = jnp.asarray(self.NEXT), jnp.asarray(self.LOGITS)
-      z0_B = jnp.zeros((b,), jnp.int32)
-      if cache is not None:
-        pos_BS = cache["pos"]
-        zs_BS = cache["layers"]["layer_0"]["k"][:, :, 0, 0].astype(jnp.int32)
-        last_B = jnp.argmax(pos_BS, axis=1)
-        last_z_B = jnp.take_along_axis(zs_BS, last_B[:, None], 1)[:, 0]
-        z0_B = jnp.where(jnp.any(pos_BS >= 0, axis=1), last_z_B, 0)
-
-      def body(z_B, xs):
-        tok_B, ok_B = xs
-        z_B = jnp.where(ok_B, nxt_ZV[z_B, tok_B], z_B)
-        return z_B, z_B
-
-      _, z_TB = jax.lax.scan(body, z0_B, (tokens_BT.T, valid_BT.T))
-      z_BT = z_TB.T
-      out_BTV = logits_ZV[z_BT] + 0.0 * self.dummy[...]
-      if cache is None:
-        return out_BTV, None
-      index = cache["index"]
-      kpos_BT = jnp.where(valid_BT, pos_BT, -1).astype(jnp.int32)
-      zero = jnp.zeros((), jnp.int32)
-      k_BSKH = cache["layers"]["layer_0"]["k"]
-      upd_BTKH = jnp.broadcast_to(z_BT.astype(k_BSKH.dtype)[:, :, None, None],
-                                  z_BT.shape + k_BSKH.shape[2:])
-      new = {
-          "pos": jax.lax.dynamic_update_slice(cache["pos"], kpos_BT,
-                                              (zero, index)),
-          "index": index + tokens_BT.shape[1],
-          "layers": {"layer_0": {
-              "k": jax.lax.dynamic_update_slice(
-                  k_BSKH, upd_BTKH, (zero, index, zero, zero)),
-              "v": cache["layers"]["layer_0"]["v"]}},
-      }
-      return out_BTV, new
-
-  cfg = config_lib.ModelConfig.tiny(vocab_size=vocab).replace(
-      num_layers=1, num_heads=1, num_kv_heads=1, head_dim=2, embed_dim=2)
-  graphdef, params = transformer.split(AutomatonLM())
-  return graphdef, params, cfg
-
-
-def _env_symbols(env, resp):
-  return [t - SYM0 for t in resp if t >= SYM0]
-
-
-def _grade_env(env):
-  target = list(env.target)
-
-  def grade(i, resp):
-    del i
-    s = _env_symbols(env, resp)
-    return float(any(s[j:j + len(target)] == target for j in range(len(s))))
-
-  return grade
+PAD, BOS, EOS, STEP = 0, 1, 2, 4
 
 
 def test_mc_labels_match_exact_dp_values_for_pi_and_checkpoint_prover():
   env = env_lib.Env(target=(1, 2, 0), length=6, vocab=5)
   g_pi, g_mu = 1.5, 4.0
-  gd, params, cfg = automaton_lm(env, g_pi)
-  gd_mu, params_mu, _ = automaton_lm(env, g_mu)
+  gd, params, cfg = automaton.automaton_lm(env, g_pi)
+  gd_mu, params_mu, _ = automaton.automaton_lm(env, g_mu)
 
   def mk(g):
     return sampler_lib.Sampler(g, cfg, cache_size=64, eos_id=EOS,
@@ -132,9 +36,9 @@ def test_mc_labels_match_exact_dp_values_for_pi_and_checkpoint_prover():
                              max_step_tokens=2, max_steps=env.length,
                              prompts_per_chunk=16, row_buckets=1)
   prover = labelling.Prover(mk(gd_mu), params_mu)
-  arr, budget = labelling.label_chunk(mk(gd), params, [[BOS, STEP]] * 16,
-                                      _grade_env(env), jax.random.key(0), lc,
-                                      prover)
+  arr, budget = labelling.label_chunk(
+      mk(gd), params, [[BOS, STEP]] * 16, automaton.grade_env(env),
+      jax.random.key(0), lc, prover)
   assert budget.cache_full == 0 and budget.mc_rollouts > 0
   delta = env_lib.transition_table(env)
   for q_key, gamma in (("q_NP", g_pi), ("q_mu_NP", g_mu)):
@@ -142,7 +46,7 @@ def test_mc_labels_match_exact_dp_values_for_pi_and_checkpoint_prover():
     errs, groups = [], {}
     for r in range(len(arr["tokens_NT"])):
       resp = arr["tokens_NT"][r, 2:2 + arr["response_len_N"][r]].tolist()
-      syms, k = _env_symbols(env, resp), 0
+      syms, k = automaton.env_symbols(env, resp), 0
       for h in range(arr["num_prefixes_N"][r]):
         if h > 0:
           k = delta[k, syms[h - 1]] if h - 1 < len(syms) else k
@@ -305,41 +209,25 @@ _PIT_ENV = env_lib.Env(target=(1, 2, 0), length=6, vocab=5)
 _PIT_GAMMA = 1.5
 
 
-def _exact_q(env, arr, gamma):
-  """Exact Q^pi of every real prefix (NaN elsewhere) of a label_chunk row."""
-  delta = env_lib.transition_table(env)
-  v_KR = env_lib.prover_values(env, gamma).v_KR
-  q = np.full(arr["q_NP"].shape, np.nan)
-  mask = arr.get("seed_mask_NP", arr["mask_NP"])
-  for r in range(len(q)):
-    resp = arr["tokens_NT"][r, 2:2 + arr["response_len_N"][r]].tolist()
-    syms, k = _env_symbols(env, resp), 0
-    for h in range(int(mask[r].sum())):
-      if h > 0 and h - 1 < len(syms):
-        k = delta[k, syms[h - 1]]
-      q[r, h] = (arr["outcome_N"][r] if arr["count_NP"][r, h] == 0
-                 else v_KR[k, env.length - h])
-  return q
-
-
 def _pit_chunk(key=0, **kw):
   env = _PIT_ENV
-  gd, params, cfg = automaton_lm(env, _PIT_GAMMA)
+  gd, params, cfg = automaton.automaton_lm(env, _PIT_GAMMA)
   s = sampler_lib.Sampler(gd, cfg, cache_size=64, eos_id=EOS, step_id=STEP,
                           pad_id=PAD)
   base = dict(n_cov=4, n_mc=4, max_new_tokens=2 * env.length,
               max_step_tokens=2, max_steps=env.length, prompts_per_chunk=8,
               row_buckets=1)
   lc = labelling.LabelConfig(**dict(base, **kw))
-  return labelling.label_chunk(s, params, [[BOS, STEP]] * 8, _grade_env(env),
-                               jax.random.key(key), lc)
+  return labelling.label_chunk(s, params, [[BOS, STEP]] * 8,
+                               automaton.grade_env(env), jax.random.key(key),
+                               lc)
 
 
 def test_bisect_locates_the_known_first_pit_and_counts_its_rollouts():
   off, b_off = _pit_chunk()
   bis, b_bis = _pit_chunk(first_pit="bisect", n_pit=64)
   fil, _ = _pit_chunk(first_pit="filter")
-  q_true = _exact_q(_PIT_ENV, off, _PIT_GAMMA)
+  q_true = automaton.exact_q(_PIT_ENV, off, _PIT_GAMMA)
   fail = off["outcome_N"] == 0
   n_real = off["mask_NP"].sum(1)
   # The truth: the first prefix with exact Q == 0 (a finished failing seed
