@@ -590,6 +590,29 @@ def _params_sha256(params, path) -> str:
       p.read_bytes(), np.uint8) for p in files})
 
 
+def set_summary(manifest: dict, data: dict, seconds: float) -> dict:
+  """A labelled set's summary: counts, budget (with `cache_full`, every
+  rollout a full KV cache stopped, and `cache_full_biased`, those cut before
+  the response budget: non-zero never loads), mean V(s_1), outcome."""
+  b = manifest["budget"]
+  return {"counts": manifest["counts"], "budget": b,
+          "mean_v1": float(data["q_NP"][:, 0].mean()),
+          "outcome": float(data["outcome_N"].mean()),
+          "cache_full": int(b.get("cache_full", 0)),
+          "cache_full_biased": int(b.get("cache_full_biased", 0)),
+          "pit_rollouts": int(b.get("pit_rollouts", 0)),
+          "seconds": seconds}
+
+
+def summary_row(split: str, s: dict) -> str:
+  """The report's table row of a `set_summary`."""
+  b, c = s["budget"], s["counts"]
+  return (f"| {split} | {c['prompts']} | {c['rollouts']} | {c['prefixes']} | "
+          f"{b['sampled_tokens']} | {b['prefilled_tokens']} | "
+          f"{b['mc_rollouts']} | {s['cache_full']} ({s['cache_full_biased']})"
+          f" | {s['mean_v1']:.3f} | {s['outcome']:.3f} | {s['seconds']:.0f} |")
+
+
 def run_label(run: run_lib.Run) -> dict:
   """Stage "label": train and eval labelled sets under <workdir>/label/."""
   config, workdir = run.config, run.workdir
@@ -624,24 +647,9 @@ def run_label(run: run_lib.Run) -> dict:
                       grade, run.key(stream), label_config(config, split),
                       dict(identity, split=split), prover, config.to_dict())
     data = labelled_set.load_labelled(workdir / "label" / split)
-    b = m["budget"]
-    summary[split] = {"counts": m["counts"], "budget": b,
-                      "mean_v1": float(data["q_NP"][:, 0].mean()),
-                      "outcome": float(data["outcome_N"].mean()),
-                      "cache_full": int(b.get("cache_full", 0)),
-                      "cache_full_biased": int(b.get("cache_full_biased", 0)),
-                      "pit_rollouts": int(b.get("pit_rollouts", 0)),
-                      "seconds": time.time() - t0}
-    print(f"label/{split}: {m['counts']} budget {b}")
-    md.append(f"| {split} | {m['counts']['prompts']} | "
-              f"{m['counts']['rollouts']} | "
-              f"{m['counts']['prefixes']} | {b['sampled_tokens']} | "
-              f"{b['prefilled_tokens']} | {b['mc_rollouts']} | "
-              f"{summary[split]['cache_full']} "
-              f"({summary[split]['cache_full_biased']}) | "
-              f"{summary[split]['mean_v1']:.3f} | "
-              f"{summary[split]['outcome']:.3f} | "
-              f"{summary[split]['seconds']:.0f} |")
+    summary[split] = set_summary(m, data, time.time() - t0)
+    print(f"label/{split}: {m['counts']} budget {m['budget']}")
+    md.append(summary_row(split, summary[split]))
   extra = ""
   if cfg.first_pit != "off":
     extra += (f" First pit (train): {cfg.first_pit}, pit_high="

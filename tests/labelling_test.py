@@ -195,6 +195,21 @@ def test_cache_full_fails_loudly_and_is_reported(tmp_path):
                           pad_id=PAD)
   m = _run(tmp_path / "ok", s, params, prompts, lc, ident)
   assert m["budget"]["cache_full_biased"] == 0
+  # Every set's summary (and report row) carries both counts.
+  summ = labelling.set_summary(m, labelled_set.load_labelled(tmp_path / "ok"),
+                               1.0)
+  assert summ["cache_full"] == m["budget"]["cache_full"]
+  assert summ["cache_full_biased"] == 0
+  assert "| 0 (0) |" in labelling.summary_row("train", dict(
+      summ, cache_full=0))
+  # Cut rollouts that already reached the response budget are unbiased:
+  # counted in cache_full, not refused.
+  tight = sampler_lib.Sampler(gd, cfg, cache_size=16 + 12, eos_id=EOS,
+                              step_id=STEP, pad_id=PAD, buckets=(16,))
+  m2 = _run(tmp_path / "tight", tight, params, prompts, lc, ident)
+  assert m2["budget"]["cache_full"] > 0
+  assert m2["budget"]["cache_full_biased"] == 0
+  labelled_set.load_labelled(tmp_path / "tight")
   m["budget"]["cache_full_biased"] = 3
   (tmp_path / "ok" / "manifest.json").write_text(json.dumps(m))
   with pytest.raises(labelled_set.LabelledSetError, match="label.cache_size"):
