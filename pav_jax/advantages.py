@@ -142,12 +142,17 @@ def first_pit(q_NP: jax.Array, mask_NP: jax.Array,
 
 
 def first_pit_selection(q_NP: jax.Array, mask_NP: jax.Array,
-                        outcome_N: jax.Array, high: float = 0.5) -> jax.Array:
+                        outcome_N: jax.Array, high: float = 0.5,
+                        keep_no_pit: bool = False) -> jax.Array:
   """"First pit" training prefixes (App. D): every prefix of a correct seed;
-  of a failing seed, the prefixes up to its first pit after a high state
-  (none when it has no pit)."""
-  _, keep_NP = first_pit(q_NP, mask_NP, high)
-  return jnp.where((outcome_N > 0.5)[:, None], mask_NP.astype(bool), keep_NP)
+  of a failing seed, the prefixes up to its first pit after a high state;
+  a failing seed without a pit keeps none (keep_no_pit=False) or all of
+  them (keep_no_pit=True, as `labelling.LabelConfig.first_pit` does)."""
+  pit_N, keep_NP = first_pit(q_NP, mask_NP, high)
+  m_NP = mask_NP.astype(bool)
+  if keep_no_pit:
+    keep_NP = jnp.where((pit_N < 0)[:, None], m_NP, keep_NP)
+  return jnp.where((outcome_N > 0.5)[:, None], m_NP, keep_NP)
 
 
 def mc_value(successes: jax.Array, n: int) -> jax.Array:

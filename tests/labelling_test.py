@@ -119,6 +119,14 @@ def test_pure_prover_math():
   pit, keep = advantages.first_pit(q_NP, m_NP, high=0.5)
   np.testing.assert_array_equal(pit, [2, -1])
   np.testing.assert_array_equal(keep[0], [1, 1, 1, 0])
+  fail = jnp.zeros(2)
+  np.testing.assert_array_equal(advantages.first_pit_selection(
+      q_NP, m_NP, fail, high=0.5), [[1, 1, 1, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(advantages.first_pit_selection(
+      q_NP, m_NP, fail, high=0.5, keep_no_pit=True),
+                                [[1, 1, 1, 0], [1, 1, 1, 0]])
+  np.testing.assert_array_equal(advantages.first_pit_selection(
+      q_NP, m_NP, jnp.array([1.0, 0.0]), high=0.5), [[1, 1, 1, 1], [0] * 4])
   zeros = [0.3, 0.2, 0.1, 0.0, 0.0, 0.0]
   assert labelling.bisect_first_zero(lambda h: zeros[h] == 0, 0, 5) == 3
 
