@@ -12,6 +12,7 @@ from pav_jax import search
 from pav_jax import transformer as tr
 from pav_jax import verifier
 from pav_jax.search import beam as beam_lib
+from pav_jax.search import report as search_report
 
 EOS, STEP, PAD = 1, 2, 0
 CFG = config_lib.ModelConfig.tiny(vocab_size=48).replace(
@@ -463,3 +464,136 @@ def test_logprob_scores_mean_and_sum():
                           smp.correct, 2) == 1.0
   with pytest.raises(ValueError):
     search.logprob_scores(smp, "max")
+
+
+# Distinct beams and trained provers (issue 13, Fig. 5c) -----------------------
+
+
+def test_distinct_mask_keeps_first_copy_per_problem():
+  # Two problems, B = 1 parent row each, C = 3 candidates per parent.
+  resp_RL = np.array([[5, 6, 0], [5, 6, 0]], np.int32)
+  rlen_R = np.array([2, 2])
+  tok_MN = np.array([[7, STEP], [7, STEP], [8, STEP],
+                     [7, STEP], [9, STEP], [7, STEP]], np.int32)
+  len_M = np.array([2, 2, 2, 2, 2, 2])
+  parent_M = np.arange(6) // 3
+  ok_M = np.array([True, True, True, True, True, False])
+  out = search.distinct_mask(resp_RL, rlen_R, tok_MN, len_M, parent_M, ok_M,
+                             per_problem=3)
+  # Problem 0: candidate 1 copies 0; problem 1 may repeat problem 0's text.
+  assert out.tolist() == [True, False, True, True, True, False]
+  # A shorter step that is a prefix of another is a different state.
+  len2 = np.array([1, 2, 2, 2, 2, 2])
+  out2 = search.distinct_mask(resp_RL, rlen_R, tok_MN, len2, parent_M, ok_M,
+                              per_problem=3)
+  assert out2[:3].tolist() == [True, True, True]
+
+
+def test_distinct_beam_keeps_no_duplicate_prefixes():
+  graphdef, params = _policy(3, 1.3, 3.0)  # greedy traces end with EOS
+  s = _sampler(graphdef, 0.0)  # greedy: every candidate of a parent copies
+  kw = dict(beam_size=3, expansions=2, max_steps=4, max_step_tokens=16,
+            mode="q")
+  plain = search.beam_search(s, params, SumScorer(), PROMPTS,
+                             search.BeamConfig(**kw), jax.random.key(8))
+  dist = search.beam_search(s, params, SumScorer(), PROMPTS,
+                            search.BeamConfig(distinct=True, **kw),
+                            jax.random.key(8))
+  # Greedy decoding gives one distinct state per problem: the plain beam
+  # fills its B slots with copies (B finished copies), the distinct beam
+  # keeps one and spends fewer tokens; both answer with the greedy trace.
+  assert [len(p) for p in plain.pools] == [3] * len(PROMPTS)
+  assert [len(p) for p in dist.pools] == [1] * len(PROMPTS)
+  assert dist.compute.generated_tokens < plain.compute.generated_tokens
+  assert dist.responses == plain.responses
+
+
+def test_beam_scores_trained_provers():
+  q_new, q_par = jnp.array([0.2, 0.6]), jnp.array([0.5, 0.5])
+  mu_new, mu_par = jnp.array([0.9, 0.3]), jnp.array([0.4, 0.4])
+  got = search.beam_scores(q_new, q_par, mode="pav", alpha=0.5, prover_k=4,
+                           prover="q_mu", mu_new_M=mu_new,
+                           mu_parent_M=mu_par)
+  np.testing.assert_allclose(got, [0.2 + 0.25, 0.6 - 0.05], atol=1e-6)
+  got = search.beam_scores(q_new, q_par, mode="pav", alpha=0.5, prover_k=4,
+                           prover="a_direct", mu_new_M=jnp.array([-0.4, 0.2]))
+  np.testing.assert_allclose(got, [0.0, 0.7], atol=1e-6)
+  with pytest.raises(ValueError, match="prover"):
+    search.beam_scores(q_new, q_par, mode="pav", alpha=0.5, prover_k=4,
+                       prover="bo4")
+  with pytest.raises(ValueError, match="prover"):
+    search.BeamConfig(beam_size=2, prover="x")
+
+
+class ConstScorer:
+  """Scripted prover verifier: the same value everywhere (A = const)."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def init_cache(self, batch, size):
+    del size
+    return {"n_B": jnp.zeros((batch,), jnp.int32)}
+
+  def extend(self, tokens_BW, length_B, pos0_B, cache):
+    del tokens_BW, pos0_B
+    length_B = jnp.asarray(length_B)
+    return (jnp.full(length_B.shape, self.value, jnp.float32),
+            {"n_B": cache["n_B"] + length_B})
+
+
+def test_pav_beam_with_trained_prover_verifiers():
+  """A q_mu prover verifier that is the value verifier itself (mu = pi) is
+  the closed form with K = 1; an a_direct prover that predicts A = 0 is the
+  PRM-Q beam. Both verifiers' tokens are charged."""
+  graphdef, params = _policy(3, 1.3, 1.5)
+  s = _sampler(graphdef, 1.0)
+  kw = dict(beam_size=2, expansions=3, max_steps=4, max_step_tokens=16,
+            alpha=4.0)
+  prompts = PROMPTS * 2
+
+  def run(prover_verifier=None, **extra):
+    return search.beam_search(s, params, SumScorer(), prompts,
+                              search.BeamConfig(**kw, **extra),
+                              jax.random.key(6),
+                              prover_verifier=prover_verifier)
+
+  bok1 = run(mode="pav", prover_k=1)
+  qmu = run(SumScorer(), mode="pav", prover="q_mu")
+  assert qmu.responses == bok1.responses
+  assert qmu.values == bok1.values
+  assert qmu.compute.verifier_tokens == 2 * bok1.compute.verifier_tokens
+  q = run(mode="q")
+  adir = run(ConstScorer(0.0), mode="pav", prover="a_direct")
+  assert adir.responses == q.responses
+  assert q.responses != bok1.responses  # A != 0 reached the selection
+  with pytest.raises(ValueError, match="prover_verifier"):
+    run(mode="pav", prover="q_mu")
+
+
+def test_pav_min_scores_trained_provers():
+  v = jnp.array([[0.5, 0.7, 0.2, 0.0], [0.4, 0.6, 0.8, 0.0]])
+  m = jnp.array([[1, 1, 1, 0], [1, 1, 1, 0]])
+  np.testing.assert_allclose(
+      search.pav_min_scores(v, m, 0.5, 4.0, mu_BP=v, prover="q_mu"),
+      search.pav_min_scores(v, m, 0.5, 1.0), atol=1e-6)
+  # a_direct: Q + alpha A per step, min over steps; A at the question unused.
+  a = jnp.array([[9.0, -0.2, 0.4, 0.0], [9.0, 0.0, -1.0, 0.0]])
+  np.testing.assert_allclose(
+      search.pav_min_scores(v, m, 0.5, 4.0, mu_BP=a, prover="a_direct"),
+      [min(0.7 - 0.1, 0.2 + 0.2), min(0.6, 0.8 - 0.5)], atol=1e-6)
+  np.testing.assert_allclose(
+      search.tanh_from_sigmoid(np.array([0.5, 1 / (1 + np.exp(-1.0)), 1.0])),
+      [0.0, np.tanh(1.0), 1.0], atol=1e-9)
+
+
+def test_tables_md_methods_with_their_own_ns():
+  agg = {"orm_bon": {"ns": [2, 4, 8], "acc_mean": [0.1, 0.2, 0.3],
+                     "acc_std": [0, 0, 0], "flops_mean": [1.0, 2.0, 4.0]},
+         "pav_beam": {"ns": [2, 4], "acc_mean": [0.5, 0.6],
+                      "acc_std": [0, 0], "flops_mean": [3.0, 6.0]}}
+  md = search_report.tables_md({"main": {
+      "ns": [2, 4, 8], "seeds": [0], "num_prompts": 3, "agg": agg,
+      "summaries": [{"x": 1.0}]}})
+  assert "| pav_beam | 0.500±0.000 | 0.600±0.000 |  |" in md
+  assert "| orm_bon | 1.00e+00 | 2.00e+00 | 4.00e+00 |" in md

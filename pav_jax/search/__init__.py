@@ -21,11 +21,13 @@ from pav_jax.metrics import weighted_majority_pick
 from pav_jax.metrics import weighted_majority_vote
 from pav_jax.search.beam import BEAM_MODES
 from pav_jax.search.beam import BEAM_STARTS
+from pav_jax.search.beam import PROVERS
 from pav_jax.search.beam import BeamConfig
 from pav_jax.search.beam import BeamResult
 from pav_jax.search.beam import BeamState
 from pav_jax.search.beam import beam_scores
 from pav_jax.search.beam import beam_search
+from pav_jax.search.beam import distinct_mask
 from pav_jax.search.beam import select_top
 from pav_jax.search.bon import AGGREGATIONS
 from pav_jax.search.bon import Samples
@@ -36,6 +38,7 @@ from pav_jax.search.bon import logprob_scores
 from pav_jax.search.bon import mc_bon_compute
 from pav_jax.search.bon import pav_min_scores
 from pav_jax.search.bon import score_samples
+from pav_jax.search.bon import tanh_from_sigmoid
 from pav_jax.search.comparison import SearchSettings
 from pav_jax.search.comparison import compare
 from pav_jax.search.comparison import settings_from_config
@@ -60,6 +63,7 @@ __all__ = [
     "bon_compute",
     "CachedVerifier",
     "compare",
+    "distinct_mask",
     "Compute",
     "compute_to_match",
     "draw_samples",
@@ -71,12 +75,14 @@ __all__ = [
     "MCScorer",
     "pass_at_n",
     "pav_min_scores",
+    "PROVERS",
     "Samples",
     "score_samples",
     "SearchSettings",
     "select_top",
     "settings_from_config",
     "summarise",
+    "tanh_from_sigmoid",
     "weighted_majority_pick",
     "weighted_majority_vote",
 ]

@@ -50,11 +50,17 @@ from pav_jax.search import verifier_cache
 from pav_jax.search.compute import Compute
 
 BEAM_MODES = ("q", "pav")
+# Where A^mu comes from in mode "pav": "bok" the closed form on Q^pi (Eq. 30),
+# "q_mu" a trained Q^mu verifier (checkpoint prover: A = Q^mu(s,a) - Q^mu(s)),
+# "a_direct" a verifier that predicts A directly (tanh head).
+PROVERS = ("bok", "q_mu", "a_direct")
 BEAM_STARTS = ("beam", "one")
 
 
 def beam_scores(q_new_M: jax.Array, q_parent_M: jax.Array, *, mode: str,
-                alpha: float, prover_k: float) -> jax.Array:
+                alpha: float, prover_k: float, prover: str = "bok",
+                mu_new_M: jax.Array | None = None,
+                mu_parent_M: jax.Array | None = None) -> jax.Array:
   """Scores of candidates (s, a): Q^pi(s,a) (+ alpha A^mu(s,a) for "pav").
 
   Args:
@@ -62,13 +68,25 @@ def beam_scores(q_new_M: jax.Array, q_parent_M: jax.Array, *, mode: str,
     q_parent_M: predicted V^pi(s) of the prefix the step extends.
     mode: "q" (PRM-Q beam) or "pav".
     alpha: weight of the prover advantage.
-    prover_k: K of the Best-of-K(pi) prover, Q^mu = 1 - (1 - Q^pi)^K.
+    prover_k: K of the Best-of-K(pi) prover, Q^mu = 1 - (1 - Q^pi)^K
+      (prover "bok" only).
+    prover: "bok", "q_mu" or "a_direct" (`PROVERS`).
+    mu_new_M: the prover verifier's output after the new step: Q^mu(s, a)
+      ("q_mu") or A^mu(s, a) ("a_direct").
+    mu_parent_M: Q^mu(s) of the parent prefix ("q_mu").
   """
   if mode == "q":
     return q_new_M
   if mode != "pav":
     raise ValueError(f"beam mode must be one of {BEAM_MODES}, got {mode!r}")
-  adv_M = advantages.bok_step_advantage(q_new_M, q_parent_M, prover_k)
+  if prover == "bok":
+    adv_M = advantages.bok_step_advantage(q_new_M, q_parent_M, prover_k)
+  elif prover == "q_mu":
+    adv_M = mu_new_M - mu_parent_M
+  elif prover == "a_direct":
+    adv_M = mu_new_M
+  else:
+    raise ValueError(f"prover must be one of {PROVERS}, got {prover!r}")
   return advantages.effective_reward(q_new_M, adv_M, alpha)
 
 
@@ -93,6 +111,30 @@ def select_top(score_EM: jax.Array, ok_EM: jax.Array, num_keep_E: jax.Array,
   return idx_EB, keep_EB
 
 
+def distinct_mask(resp_RL: np.ndarray, rlen_R: np.ndarray, tok_MN: np.ndarray,
+                  len_M: np.ndarray, parent_M: np.ndarray, ok_M: np.ndarray,
+                  per_problem: int) -> np.ndarray:
+  """`ok_M` with all but the first copy of each distinct candidate removed.
+
+  A candidate is its parent's response plus its new step; two candidates of
+  one problem (`per_problem` consecutive rows) with the same tokens are the
+  same state and get the same value, so keeping both spends a beam slot on a
+  copy. Measured on arithmetic (record 2026-11-26_search_alpha_diagnosis):
+  without this, 88% of selections had B identical parents, which makes the
+  PAV's parent term a constant and PAV beam == PRM-Q beam.
+  """
+  out_M = ok_M.copy()
+  seen: set = set()
+  for m in np.flatnonzero(ok_M):
+    par = parent_M[m]
+    key = (m // per_problem, resp_RL[par, :rlen_R[par]].tobytes(),
+           tok_MN[m, :len_M[m]].tobytes())
+    if key in seen:
+      out_M[m] = False
+    seen.add(key)
+  return out_M
+
+
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
   """Step-level beam search; see the module docstring."""
@@ -106,8 +148,13 @@ class BeamConfig:
   prover_k: float = 4.0
   batch_rows: int = 768  # problems per chunk = batch_rows // (B * C)
   start: str = "beam"  # "beam" (B copies of the question) or "one"
+  distinct: bool = False  # keep only distinct prefixes (see distinct_mask)
+  prover: str = "bok"  # PROVERS; "q_mu" / "a_direct" need a prover verifier
 
   def __post_init__(self):
+    if self.prover not in PROVERS:
+      raise ValueError(f"prover must be one of {PROVERS}, got "
+                       f"{self.prover!r}")
     if self.start not in BEAM_STARTS:
       raise ValueError(f"beam start must be one of {BEAM_STARTS}, got "
                        f"{self.start!r}")
@@ -202,13 +249,24 @@ class BeamState:
 
 def beam_search(sampler: sampler_lib.Sampler, policy_params,
                 verifier: Any, prompts: Sequence[Sequence[int]],
-                cfg: BeamConfig, rng: jax.Array) -> BeamResult:
+                cfg: BeamConfig, rng: jax.Array,
+                prover_verifier: Any = None) -> BeamResult:
   """Batched step-level beam search over problems (chunked) and beams.
 
   `verifier` is a `verifier_cache.CachedVerifier` or anything with its
   `init_cache` / `extend` interface, or a `mc_scorer.MCScorer` (its grader
   is called with the index of the problem in `prompts`).
+  `prover_verifier` (same interface; needed for cfg.prover "q_mu" /
+  "a_direct" in mode "pav") gives Q^mu or A^mu: it reads the same tokens
+  through its own cache, and its tokens are charged as verifier tokens too
+  (FLOPs assume it has the value verifier's size, as the verifiers stage
+  trains every kind on the same backbone).
   """
+  if cfg.mode == "pav" and cfg.prover != "bok":
+    if prover_verifier is None:
+      raise ValueError(f"prover {cfg.prover!r} needs a prover_verifier")
+    if isinstance(verifier, mc_scorer.MCScorer):
+      raise ValueError("the MC scorer has only the closed-form prover")
   t0 = time.time()
   b, c = cfg.beam_size, cfg.expansions
   per_chunk = max(1, min(len(prompts), cfg.batch_rows // (b * c)))
@@ -219,7 +277,7 @@ def beam_search(sampler: sampler_lib.Sampler, policy_params,
     real = len(chunk)
     chunk += [chunk[0]] * (per_chunk - real)
     res = _beam_chunk(sampler, policy_params, verifier, chunk, real, cfg,
-                      jax.random.fold_in(rng, ci), start)
+                      jax.random.fold_in(rng, ci), start, prover_verifier)
     out.responses += res.responses[:real]
     out.values += res.values[:real]
     out.pools += res.pools[:real]
@@ -231,7 +289,8 @@ def beam_search(sampler: sampler_lib.Sampler, policy_params,
 
 
 def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
-                real: int, cfg: BeamConfig, rng, offset: int) -> BeamResult:
+                real: int, cfg: BeamConfig, rng, offset: int,
+                prover_verifier: Any = None) -> BeamResult:
   """Beam search on one chunk of problems; compute counts `real` ones only.
 
   `offset` is the index of prompts[0] among all problems (MC grading).
@@ -264,6 +323,14 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
     v0_E, vcache = verifier.extend(toks_ET, plen_E, np.zeros(p, np.int32),
                                    vcache)
     compute.verifier_tokens += float(plen_E[real_E].sum())
+  use_mu = cfg.mode == "pav" and cfg.prover != "bok"
+  if use_mu:
+    pcache = prover_verifier.init_cache(p, vsize)
+    mu0_E, pcache = prover_verifier.extend(toks_ET, plen_E,
+                                           np.zeros(p, np.int32), pcache)
+    mu_R = np.repeat(np.asarray(jax.device_get(mu0_E)), b)
+    pcache = verifier_cache.fork_rows(pcache, b)
+    compute.verifier_tokens += float(plen_E[real_E].sum())
   # B copies of the question per problem: row = problem * B + slot.
   pstate = sampler_lib.fork(pstate, b)
   vcache = None if mc else verifier_cache.fork_rows(vcache, b)
@@ -283,6 +350,9 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
         (dec.tokens_BN, dec.length_B, dec.stop_B))
     ok_M = (st.alive_R[parent_M] & (len_M > 0)
             & ((stop_M == sampler_lib.STEP_END) | (stop_M == sampler_lib.EOS)))
+    if cfg.distinct:
+      ok_M = distinct_mask(st.resp_RL, st.rlen_R, tok_MN, len_M, parent_M,
+                           ok_M, b * c)
     live_real_M = st.alive_R[parent_M] & real_E[problem_M]
     compute.generated_tokens += float(len_M[live_real_M].sum())
     if mc:
@@ -298,9 +368,18 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
                                     np.repeat(st.vpos_R, c), vc)
       q_new_M = np.asarray(jax.device_get(q_new_M))
       compute.verifier_tokens += float(len_M[live_real_M].sum())
+    mu_kw = {}
+    if use_mu:
+      mu_new_M, pc = prover_verifier.extend(
+          tok_MN[:, :w], len_M, np.repeat(st.vpos_R, c),
+          verifier_cache.fork_rows(pcache, c))
+      mu_new_M = np.asarray(jax.device_get(mu_new_M))
+      compute.verifier_tokens += float(len_M[live_real_M].sum())
+      mu_kw = dict(mu_new_M=jnp.asarray(mu_new_M),
+                   mu_parent_M=jnp.asarray(mu_R[parent_M]))
     score_M = beam_scores(jnp.asarray(q_new_M), jnp.asarray(st.q_R[parent_M]),
                           mode=cfg.mode, alpha=cfg.alpha,
-                          prover_k=cfg.prover_k)
+                          prover_k=cfg.prover_k, prover=cfg.prover, **mu_kw)
     idx_EB, keep_EB = jax.device_get(select_top(
         score_M.reshape(p, b * c), jnp.asarray(ok_M.reshape(p, b * c)),
         jnp.asarray(b - st.n_done_E), b))
@@ -312,6 +391,9 @@ def _beam_chunk(sampler, policy_params, verifier: Any, prompts,
     rows = jnp.asarray(cand_R)
     pstate = sampler_lib.select_rows(dec.state, rows)
     vcache = None if mc else verifier_cache.take_rows(vc, rows)
+    if use_mu:
+      pcache = verifier_cache.take_rows(pc, rows)
+      mu_R = mu_new_M[cand_R]
 
   responses, values, fin = [], [], np.zeros(p, bool)
   for pi in range(p):

@@ -58,11 +58,34 @@ def aggregate_steps(v_BP: jax.Array, mask_BP: jax.Array, how: str) -> jax.Array:
   return jnp.where(has_B, agg_B, v_BP[:, 0])
 
 
+def tanh_from_sigmoid(s: np.ndarray) -> np.ndarray:
+  """tanh(x) from sigmoid(x): an a_direct verifier's A read as a value."""
+  s = np.asarray(s, np.float64)
+  with np.errstate(divide="ignore"):
+    return np.tanh(np.log(s) - np.log1p(-s))
+
+
 def pav_min_scores(v_BP: jax.Array, mask_BP: jax.Array, alpha: float,
-                   prover_k: float) -> jax.Array:
-  """min over steps of the effective reward Q^pi + alpha A^mu (PAV as ORM)."""
-  r_BP = advantages.pav_rewards(v_BP, mask_BP.astype(bool), alpha=alpha,
-                                prover_k=prover_k)
+                   prover_k: float, mu_BP: jax.Array | None = None,
+                   prover: str = "bok") -> jax.Array:
+  """min over steps of the effective reward Q^pi + alpha A^mu (PAV as ORM).
+
+  prover "bok": A^mu from Q^pi in closed form; "q_mu": mu_BP holds a
+  checkpoint prover's Q^mu per prefix, A = its step difference; "a_direct":
+  mu_BP holds A^mu per prefix (index 0, the question, has none).
+  """
+  m_bool = mask_BP.astype(bool)
+  if prover == "bok":
+    r_BP = advantages.pav_rewards(v_BP, m_bool, alpha=alpha,
+                                  prover_k=prover_k)
+  else:
+    if prover == "q_mu":
+      a_BP = advantages.prover_advantages(v_BP, m_bool, q_mu_NP=mu_BP)
+    elif prover == "a_direct":
+      a_BP = jnp.asarray(mu_BP).at[:, 0].set(0.0)
+    else:
+      raise ValueError(f"unknown prover {prover!r}")
+    r_BP = advantages.effective_rewards(v_BP, a_BP, m_bool, alpha)
   m_BP = mask_BP[:, 1:].astype(bool)
   agg_B = jnp.min(jnp.where(m_BP, r_BP[:, 1:], jnp.inf), axis=1)
   return jnp.where(jnp.any(m_BP, axis=1), agg_B, v_BP[:, 0])

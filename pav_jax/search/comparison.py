@@ -12,6 +12,12 @@ Method names:
   wmaj_prm_min, wmaj_pav_min (the effective reward clipped at 0: it can be
   negative);
   beam search with the learned verifier: prm_q_beam, pav_beam;
+  with a trained prover in the workdir (Fig. 5c; `q_mu` = a checkpoint
+  prover's Q^mu, `a_direct` = a verifier of A^mu): pav_min_bon_<kind> and
+  pav_beam_<kind> (Q^pi from prm_q + alpha A^mu from the prover; both
+  verifiers' tokens are charged);
+  `c.search.beam_distinct` "1": the same beams over distinct prefixes only
+  (suffix "_distinct", `beam.distinct_mask`);
   the test-time MC scorer (`c.search.mc_rollouts` > 0, no learned model,
   its rollouts charged as policy compute): mc_min_bon (min over a sample's
   step prefixes of Q̂, `mc_scorer.MCScorer.bon_scores`), mc_q_beam,
@@ -61,7 +67,12 @@ class SearchSettings:
   mc_rollouts: int = 0  # > 0: MC-scorer beams with this many rollouts
   logprob_bon: str = "mean"  # "mean" / "sum" / "" (off)
   weighted_majority: bool = True
-
+  beam_ns: tuple[int, ...] = ()  # N of the beams; () = ns
+  mc_ns: tuple[int, ...] = ()  # N of the MC-scorer beams; () = beam_ns
+  mc_bon: bool = True  # mc_min_bon (MC rollouts from every sample's prefixes)
+  # Beam variants: False = every candidate may be kept (the recorded
+  # default), True = distinct prefixes only (names get "_distinct").
+  beam_distinct: tuple[bool, ...] = (False,)
 
 
 def _csv(s, cast) -> tuple:
@@ -81,7 +92,12 @@ def settings_from_config(config) -> SearchSettings:
       beam_start=str(s.get("beam_start", "beam")),
       mc_rollouts=int(s.get("mc_rollouts", 0)),
       logprob_bon=str(s.get("logprob_bon", "mean")),
-      weighted_majority=bool(s.get("weighted_majority", True)))
+      weighted_majority=bool(s.get("weighted_majority", True)),
+      beam_ns=_csv(s.get("beam_ns", ""), int),
+      mc_ns=_csv(s.get("mc_ns", ""), int),
+      mc_bon=bool(s.get("mc_bon", True)),
+      beam_distinct=tuple(bool(int(x)) for x in _csv(
+          s.get("beam_distinct", "0"), str.strip)))
 
 
 def make_search_sampler(run: run_lib.Run, graphdef, settings: SearchSettings,
@@ -115,7 +131,9 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
             beam_verifier: CachedVerifier | None = None) -> dict:
   """All methods at every N on `examples`; a JSON-serialisable dict.
 
-  `verifiers` maps "orm" and "prm_q" to (graphdef, params); `beam_verifier`
+  `verifiers` maps "orm" and "prm_q" (and, if trained, the provers "q_mu"
+  and "a_direct": extra rows pav_min_bon_<kind> and pav_beam_<kind>) to
+  (graphdef, params); `beam_verifier`
   (default: a new `CachedVerifier` of "prm_q") lets repeated calls share
   its compiled functions. Returns
   {"ns", "methods": {name: {"acc": [...], "compute": [{...}], "flops": [...]}},
@@ -130,7 +148,9 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
   methods: dict[str, dict] = {}
 
   def add(name, n, acc, comp: Compute, ver: str | None, **extra):
-    d = methods.setdefault(name, {"acc": [], "compute": [], "flops": []})
+    d = methods.setdefault(name, {"acc": [], "compute": [], "flops": [],
+                                  "ns": []})
+    d["ns"].append(int(n))
     d["acc"].append(float(acc))
     d["compute"].append(comp.as_dict())
     d["flops"].append(comp.flops(n_pol, n_ver[ver] if ver else 0))
@@ -158,6 +178,16 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
                                    bon.aggregate_steps(v2, m2, "product"))
       scores["pav_min_bon"] = ("prm_q", bon.pav_min_scores(
           v2, m2, settings.alpha, settings.prover_k))
+      for prover in ("q_mu", "a_direct"):  # trained provers (Fig. 5c)
+        if prover in verifiers:
+          mu, _ = bon.score_samples(*verifiers[prover], smp, prompts, **kw)
+          mu2 = mu.reshape(-1, mu.shape[-1])
+          if prover == "a_direct":
+            mu2 = bon.tanh_from_sigmoid(mu2)
+          scores[f"pav_min_bon_{prover}"] = (("prm_q", prover),
+                                             bon.pav_min_scores(
+              v2, m2, settings.alpha, settings.prover_k, mu_BP=mu2,
+              prover=prover))
     p, k = smp.correct.shape
     scores = {name: (ver, np.asarray(s).reshape(p, k))
               for name, (ver, s) in scores.items()}
@@ -165,7 +195,7 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
     if settings.weighted_majority:
       for name in ("orm_bon", "prm_last_bon", "prm_min_bon", "pav_min_bon"):
         if name in scores:
-          ver, s = scores[name]
+          ver, s = scores[name]  # one verifier each
           wmaj["wmaj_" + name[:-len("_bon")]] = (ver, np.maximum(s, 0.0))
     for n in ns:
       add("pass@N", n, metrics.pass_at_n(smp.correct, n),
@@ -177,13 +207,15 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
             bon.logprob_scores(smp, settings.logprob_bon), smp.correct, n),
             bon.bon_compute(smp, n, 0), None)
       for name, (ver, s) in scores.items():
+        # A pair (value verifier, trained prover): both read every sample.
+        nv, ver = (2, ver[0]) if isinstance(ver, tuple) else (1, ver)
         add(name, n, metrics.best_of_n(s, smp.correct, n),
-            bon.bon_compute(smp, n, 1), ver)
+            bon.bon_compute(smp, n, nv), ver)
       for name, (ver, s) in wmaj.items():
         add(name, n, metrics.weighted_majority_vote(smp.answers, s,
                                                     smp.correct, n),
             bon.bon_compute(smp, n, 1), ver)
-    if settings.mc_rollouts > 0:
+    if settings.mc_rollouts > 0 and settings.mc_bon:
       t2 = time.time()
       scorer = _mc_scorer(settings, task, tok, examples)
       mc_s, mc_tok, mc_v1 = scorer.bon_scores(
@@ -196,25 +228,41 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
       log.info("MC best-of-N scores in %.0f s", time.time() - t2)
     log.info("best-of-N: %d x %d samples in %.0f s", p, k, time.time() - t1)
 
-  beams = []  # (method name, mode, scorer, verifier name for FLOPs)
-  if "prm_q" in verifiers:
-    cv = beam_verifier or CachedVerifier(*verifiers["prm_q"])
-    beams += [({"q": "prm_q_beam", "pav": "pav_beam"}[mode], mode, cv,
-               "prm_q") for mode in settings.beam_modes]
-  if settings.mc_rollouts > 0:
-    mc = _mc_scorer(settings, task, tok, examples)
-    beams += [({"q": "mc_q_beam", "pav": "mc_pav_beam"}[mode], mode, mc, None)
-              for mode in settings.beam_modes]
-  for name, mode, scorer, ver in beams:
-    for n in ns:
+  # (method name, mode, scorer, verifier name for FLOPs, distinct, ns)
+  beams = []
+  provers = {}  # trained prover verifiers: kind -> CachedVerifier
+  beam_ns = sorted(settings.beam_ns) or ns
+  for distinct in settings.beam_distinct:
+    sfx = "_distinct" if distinct else ""
+    if "prm_q" in verifiers:
+      cv = beam_verifier or CachedVerifier(*verifiers["prm_q"])
+      beams += [({"q": "prm_q_beam", "pav": "pav_beam"}[mode] + sfx, mode, cv,
+                 "prm_q", distinct, beam_ns) for mode in settings.beam_modes]
+      for prover in ("q_mu", "a_direct"):  # trained provers (Fig. 5c)
+        if prover in verifiers and "pav" in settings.beam_modes:
+          provers[prover] = provers.get(prover) or CachedVerifier(
+              *verifiers[prover],
+              output="tanh" if prover == "a_direct" else "sigmoid")
+          beams.append((f"pav_beam_{prover}{sfx}", "pav", cv, "prm_q",
+                        distinct, beam_ns, prover))
+    if settings.mc_rollouts > 0:
+      mc = _mc_scorer(settings, task, tok, examples)
+      beams += [({"q": "mc_q_beam", "pav": "mc_pav_beam"}[mode] + sfx, mode,
+                 mc, None, distinct, sorted(settings.mc_ns) or beam_ns)
+                for mode in settings.beam_modes]
+  for name, mode, scorer, ver, distinct, bns, *rest in beams:
+    prover = rest[0] if rest else "bok"
+    for n in bns:
       bcfg = BeamConfig(
           beam_size=n, expansions=settings.expansions,
           max_steps=settings.max_steps,
           max_step_tokens=settings.max_step_tokens, mode=mode,
           alpha=settings.alpha, prover_k=settings.prover_k,
-          batch_rows=settings.batch_rows, start=settings.beam_start)
+          batch_rows=settings.batch_rows, start=settings.beam_start,
+          distinct=distinct, prover=prover)
       res = beam_search(sampler, policy_params, scorer, prompts, bcfg,
-                        jax.random.fold_in(rng, 1000 + n))
+                        jax.random.fold_in(rng, 1000 + n),
+                        prover_verifier=provers.get(prover))
       corr = _grade(task, tok, examples, res.responses)
       pool_pass = np.mean([
           any(task.grade(ex, tok.decode(t)) for t in pool)
@@ -224,7 +272,9 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
           finished_frac=float(res.finished.mean()), seconds=res.seconds)
       log.info("%s N=%d: acc %.3f in %.1f s", name, n, corr.mean(),
                res.seconds)
-  return {"ns": ns, "methods": methods,
+  return {"ns": sorted(set(ns) | set(beam_ns)
+                      | {n for b in beams for n in b[-1]}),
+          "methods": methods,
           "settings": dataclasses.asdict(settings),
           "flop_params": {"policy": n_pol, **n_ver},
           "num_prompts": len(examples), "seconds": time.time() - t0,

@@ -118,7 +118,8 @@ def plot_accuracy(curves: dict[str, dict], ns, path_n: Path, path_c: Path,
       d = curves.get(name)
       if d is None:
         continue
-      x = np.asarray(ns if xkey == "N" else d["flops"], float)
+      x = np.asarray((d.get("ns") or ns) if xkey == "N" else d["flops"],
+                     float)
       m = np.asarray(d["acc"], float)
       ax.plot(x, m, marker="o", label=name,
               linestyle="--" if name == "pass@N" else "-")
@@ -154,14 +155,14 @@ def report_md(results: dict, summary: dict, plots: Sequence[str] = ()) -> str:
            "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
            "|---" * (len(ns) + 1) + "|"]
   for name, d in m.items():
-    lines.append(f"| {name} | " + " | ".join(f"{a:.3f}" for a in d["acc"])
-                 + " |")
+    lines.append(f"| {name} | " + _cells(ns, d, d["acc"],
+                                         lambda a: f"{a:.3f}") + " |")
   lines += ["", "FLOPs per problem (2 x params x tokens, policy + verifier):",
             "", "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
             "|---" * (len(ns) + 1) + "|"]
   for name, d in m.items():
-    lines.append(f"| {name} | " + " | ".join(f"{f:.2e}" for f in d["flops"])
-                 + " |")
+    lines.append(f"| {name} | " + _cells(ns, d, d["flops"],
+                                         lambda f: f"{f:.2e}") + " |")
   lines += ["", f"Search time: {results['seconds']:.0f} s wall, "
             f"{results['cpu_seconds']:.0f} s CPU (all threads).", "",
             "| summary | value |", "|---|---|"]
@@ -198,7 +199,8 @@ def write_outputs(results: dict, out_dir: Path, rel_to: Path,
 def plot_main(agg: dict, ns: list[int], out: Path, title: str) -> list[str]:
   """Mean ± std over seeds of accuracy vs N and vs compute."""
   curves = {name: {"acc": d["acc_mean"], "std": d["acc_std"],
-                   "flops": d["flops_mean"]} for name, d in agg.items()}
+                   "flops": d["flops_mean"], "ns": d.get("ns")}
+            for name, d in agg.items()}
   names = ["acc_vs_n.png", "acc_vs_compute.png"]
   plot_accuracy(curves, ns, out / names[0], out / names[1], title,
                 ylabel="test accuracy (mean ± std over seeds)")
@@ -216,6 +218,12 @@ def plot_lines(xs, curves: dict[str, tuple[list, list]], xlabel: str,
   if logx:
     ax.set_xscale("log", base=2)
   _save(plt, fig, ax, path, xlabel, "accuracy (mean ± std over seeds)", title)
+
+
+def _cells(ns, d: dict, values: list, fmt_one) -> str:
+  """One table row's cells over the columns `ns` (a method may lack some)."""
+  by_n = dict(zip(d.get("ns") or ns, values))
+  return " | ".join(fmt_one(by_n[n]) if n in by_n else "" for n in ns)
 
 
 def tables_md(res: dict) -> str:
@@ -237,15 +245,15 @@ def tables_md(res: dict) -> str:
               "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
               "|---" * (len(ns) + 1) + "|"]
     for name, d in mres["agg"].items():
-      lines.append(f"| {name} | " + " | ".join(
-          f"{m:.3f}±{s:.3f}" for m, s in zip(d["acc_mean"], d["acc_std"]))
-                   + " |")
+      lines.append(f"| {name} | " + _cells(
+          ns, d, list(zip(d["acc_mean"], d["acc_std"])),
+          lambda ms: f"{ms[0]:.3f}±{ms[1]:.3f}") + " |")
     lines += ["", "### FLOPs per problem (mean over seeds)", "",
               "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
               "|---" * (len(ns) + 1) + "|"]
     for name, d in mres["agg"].items():
-      lines.append(f"| {name} | " + " | ".join(
-          f"{f:.2e}" for f in d["flops_mean"]) + " |")
+      lines.append(f"| {name} | " + _cells(
+          ns, d, d["flops_mean"], lambda f: f"{f:.2e}") + " |")
     lines += ["", "### Summary per seed", "",
               "| seed | " + " | ".join(mres["summaries"][0]) + " |",
               "|---" * (len(mres["summaries"][0]) + 1) + "|"]

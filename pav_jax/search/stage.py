@@ -1,6 +1,7 @@
 """Stage "search": best-of-N vs beam search with compute accounting.
 
-Reads the SFT policy and the "orm" / "prm_q" verifiers from the workdir.
+Reads the SFT policy and the "orm" / "prm_q" verifiers from the workdir, and
+the trained provers "q_mu" / "a_direct" where the verifiers stage made them.
 Without `c.search.seeds` / `c.search.sweeps`: one comparison on the test
 split, written to `<out>/results.json` and two plots. With them: the sweeps'
 record (`sweeps.py`). `<out>` is `c.search.out_dir` or `<workdir>/search`.
@@ -21,6 +22,9 @@ def run_search(run: run_lib.Run) -> dict:
   config = run.config
   graphdef, params = run.load_policy()
   verifiers = {name: run.load_verifier(name) for name in ("orm", "prm_q")}
+  for name in ("q_mu", "a_direct"):  # trained provers, if the stage made them
+    if (run.stage_dir("verifiers") / name / "params").exists():
+      verifiers[name] = run.load_verifier(name)
   settings = comparison.settings_from_config(config)
   out_dir = (Path(config.search.out_dir) if config.search.out_dir
              else run.stage_dir("search"))

@@ -55,7 +55,8 @@ def mean_std(runs: list[dict]) -> dict:
   for name in runs[0]["methods"]:
     acc = np.array([r["methods"][name]["acc"] for r in runs])
     fl = np.array([r["methods"][name]["flops"] for r in runs])
-    out[name] = {"acc_mean": acc.mean(0).tolist(),
+    out[name] = {"ns": runs[0]["methods"][name].get("ns"),
+                 "acc_mean": acc.mean(0).tolist(),
                  "acc_std": acc.std(0).tolist(),
                  "flops_mean": fl.mean(0).tolist()}
   return out
@@ -103,6 +104,12 @@ def run_sweeps(runner: Runner, config, out: Path) -> dict:
   res = json.loads(res_path.read_text()) if res_path.exists() else {}
   title = config.task.name
   alpha = runner.base.alpha
+  # The alpha and prover sweeps run one beam variant: distinct prefixes or
+  # not (c.search.sweep_distinct, see beam.distinct_mask).
+  sw_distinct = bool(s.get("sweep_distinct", False))
+  pav_name = "pav_beam_distinct" if sw_distinct else "pav_beam"
+  sw = dict(bon_methods=False, beam_modes=("pav",), mc_rollouts=0,
+            beam_distinct=(sw_distinct,))
 
   if "alpha" in parts:
     t0 = time.time()
@@ -110,12 +117,12 @@ def run_sweeps(runner: Runner, config, out: Path) -> dict:
     seeds = _ints(s.sweep_seeds)
     accs = {}
     for a in _floats(s.sweep_alphas):
-      accs[a] = [runner.run(val, sd, ns=(int(s.sweep_n),), alpha=a,
-                            bon_methods=False, beam_modes=("pav",),
-                            mc_rollouts=0)
-                 ["methods"]["pav_beam"]["acc"][0] for sd in seeds]
+      accs[a] = [runner.run(val, sd, ns=(int(s.sweep_n),),
+                            beam_ns=(int(s.sweep_n),), alpha=a, **sw)
+                 ["methods"][pav_name]["acc"][0] for sd in seeds]
       log.info("alpha %.2f: %s", a, accs[a])
     res["alpha"] = {"n": int(s.sweep_n), "seeds": seeds,
+                    "distinct": sw_distinct,
                     "num_prompts": len(val), "chosen": chosen_alpha(accs),
                     "acc": {str(a): v for a, v in accs.items()},
                     "seconds": time.time() - t0}
@@ -126,13 +133,13 @@ def run_sweeps(runner: Runner, config, out: Path) -> dict:
   test = runner.examples(s.split, int(s.num_prompts))
   if "main" in parts:
     t0 = time.time()
-    ns = list(runner.base.ns)
     seeds = _ints(s.seeds) or [int(config.seed)]
     runs = []
     for sd in seeds:
       r = runner.run(test, sd, alpha=alpha)
       r["summary"] = report.summarise(r)
       runs.append(r)
+      ns = r["ns"]
       (out / f"main_seed{sd}.json").write_text(json.dumps(r, indent=2))
       log.info("seed %d done: %s", sd, r["summary"])
     agg = mean_std(runs)
@@ -150,14 +157,14 @@ def run_sweeps(runner: Runner, config, out: Path) -> dict:
     ks = _ints(s.sweep_prover_ks)
     acc = {}
     for k in ks:
-      a = np.array([runner.run(test, sd, ns=tuple(ns), alpha=alpha,
-                               prover_k=float(k), bon_methods=False,
-                               beam_modes=("pav",), mc_rollouts=0)
-                    ["methods"]["pav_beam"]["acc"] for sd in seeds])
+      a = np.array([runner.run(test, sd, ns=tuple(ns), beam_ns=tuple(ns),
+                               alpha=alpha, prover_k=float(k), **sw)
+                    ["methods"][pav_name]["acc"] for sd in seeds])
       acc[str(k)] = {"mean": a.mean(0).tolist(), "std": a.std(0).tolist(),
                      "runs": a.tolist()}
       log.info("prover Bo%d: %s", k, acc[str(k)]["mean"])
     res["prover"] = {"ns": ns, "seeds": seeds, "alpha": alpha, "acc": acc,
+                     "distinct": sw_distinct, "num_prompts": len(test),
                      "seconds": time.time() - t0}
     report.plot_lines(ks, {f"N={n}": ([acc[str(k)]["mean"][i] for k in ks],
                                       [acc[str(k)]["std"][i] for k in ks])

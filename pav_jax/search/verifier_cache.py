@@ -33,8 +33,13 @@ take_rows = kv_cache.take_rows
 fork_rows = kv_cache.fork_rows
 
 
-def _extend(graphdef, params, tokens_BW, length_B, pos0_B, state):
-  """Feeds up to W new tokens per row; value (sigmoid) at each row's last."""
+def _squash(logit_B: jax.Array, output: str) -> jax.Array:
+  """sigmoid (values: orm, prm_q, q_mu) or tanh (advantages: a_direct)."""
+  return jnp.tanh(logit_B) if output == "tanh" else jax.nn.sigmoid(logit_B)
+
+
+def _extend(graphdef, output, params, tokens_BW, length_B, pos0_B, state):
+  """Feeds up to W new tokens per row; value (`_squash`) at each row's last."""
   w = tokens_BW.shape[1]
   col_BW = jnp.arange(w, dtype=jnp.int32)[None, :]
   valid_BW = col_BW < length_B[:, None]
@@ -45,7 +50,7 @@ def _extend(graphdef, params, tokens_BW, length_B, pos0_B, state):
   last_B1 = jnp.maximum(length_B - 1, 0)[:, None]
   head_B = jnp.take_along_axis(logit_BW, last_B1, axis=1)[:, 0]
   if model.design == "head":
-    return jax.nn.sigmoid(head_B), {"kv": kv}
+    return _squash(head_B, output), {"kv": kv}
   started_B = state["started_B"]
   logp_BWV = jax.nn.log_softmax(lm_BWV.astype(jnp.float32), axis=-1)
   # Token j's log-prob: from the carried logits (j = 0) or position j - 1.
@@ -72,7 +77,7 @@ def _extend(graphdef, params, tokens_BW, length_B, pos0_B, state):
       "last_logp_BV": jnp.where(fed_B[:, None], last_BV,
                                 state["last_logp_BV"]),
   }
-  return jax.nn.sigmoid(logit_B), new
+  return _squash(logit_B, output), new
 
 
 class CachedVerifier:
@@ -93,11 +98,14 @@ class CachedVerifier:
   and unused (docs/deviations.md, row 4).
   """
 
-  def __init__(self, graphdef, params):
-    self.graphdef, self.params = graphdef, params
+  def __init__(self, graphdef, params, output: str = "sigmoid"):
+    """`output`: "sigmoid" for value verifiers, "tanh" for `a_direct`."""
+    if output not in ("sigmoid", "tanh"):
+      raise ValueError(f"output must be sigmoid or tanh, got {output!r}")
+    self.graphdef, self.params, self.output = graphdef, params, output
     self.cfg = compute_lib.verifier_config(graphdef, params)
     self.design = verifier_lib.design_of(params)
-    self.extend_fn = jax.jit(functools.partial(_extend, graphdef),
+    self.extend_fn = jax.jit(functools.partial(_extend, graphdef, output),
                              donate_argnums=(4,))
 
   def init_cache(self, batch: int, size: int) -> dict:
