@@ -92,7 +92,10 @@ def spreads(log, width, alpha, k):
       gap.append(srt[nk - 1] - srt[nk])
     adv.append(alpha * np.ptp(np.asarray(
         advantages.bok_step_advantage(qn, qp, k))))
-  pct = lambda x: np.percentile(x, [10, 50, 90]).tolist()
+
+  def pct(x):
+    return np.percentile(x, [10, 50, 90]).tolist()
+
   return {"parent_q_spread_p10_50_90": pct(par),
           "frac_parents_identical": flat / len(log),
           "cutoff_gap_p10_50_90": pct(gap),
