@@ -88,7 +88,8 @@ FIRST_PIT_MODES = ("off", "filter", "bisect")
 # Fields added after sets were first written: left out of a set's identity
 # at these defaults, so sets made before them still resume and load.
 _LATER_FIELDS = {"first_pit": "off", "pit_high": 0.0, "n_pit": 32,
-                 "pit_topup": True, "n_mc_min": 0, "mc_tol": 0.0}
+                 "pit_topup": True, "n_mc_min": 0, "mc_tol": 0.0,
+                 "mc_alloc": "stop"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +122,18 @@ class LabelConfig:
       succeeded or the bisection put the pit after it), the paper's
       "estimate those Q̂ with a large number of partial rollouts".
     n_mc_min: adaptive MC budget (beyond the paper) when 0 < n_mc_min <
-      n_mc: a prefix is sampled in rounds of n_mc_min up to n_mc and
-      stops once resolved: all rollouts of the first round agree (Q̂ 0 or
-      1), or (mc_tol > 0) the 99.9% binomial half-width of Q̂ is <= mc_tol.
-      `count_NP` holds each prefix's rollouts. 0: n_mc for every prefix.
-    mc_tol: the half-width that resolves a prefix (adaptive only).
+      n_mc; `count_NP` holds each prefix's rollouts. 0: n_mc for every
+      prefix. With mc_alloc "stop" a prefix is sampled in rounds of
+      n_mc_min up to n_mc and stops once resolved: all rollouts of the
+      first round agree (Q̂ 0 or 1; mc_tol = 0), or (mc_tol > 0) the 99.9%
+      binomial half-width of Q̂ is <= mc_tol (`metrics.binomial_ci`).
+      With "neyman" the budget of fixed n_mc is kept exactly: n_mc_min
+      rollouts per prefix, then the prefixes of one step share the
+      remaining (n_mc - n_mc_min) per prefix in proportion to their
+      estimated sd sqrt(q(1 - q)), q = (s + 0.5) / (n_mc_min + 1)
+      (Neyman allocation: minimum total variance for the budget).
+    mc_tol: the half-width that resolves a prefix ("stop" only).
+    mc_alloc: "stop" or "neyman" (adaptive only).
   """
 
   n_cov: int = 4
@@ -142,6 +150,7 @@ class LabelConfig:
   pit_topup: bool = True
   n_mc_min: int = 0
   mc_tol: float = 0.0
+  mc_alloc: str = "stop"
 
   def __post_init__(self):
     if self.mode not in ("fork", "reprefill"):
@@ -152,6 +161,9 @@ class LabelConfig:
     if self.first_pit not in FIRST_PIT_MODES:
       raise ValueError(f"first_pit must be one of {FIRST_PIT_MODES}, got "
                        f"{self.first_pit!r}")
+    if self.mc_alloc not in ("stop", "neyman"):
+      raise ValueError(f"mc_alloc must be 'stop' or 'neyman', got "
+                       f"{self.mc_alloc!r}")
     if self.n_pit < 1 or self.n_mc_min < 0 or not 0 <= self.pit_high <= 1:
       raise ValueError(f"need n_pit >= 1, n_mc_min >= 0, 0 <= pit_high <= 1:"
                        f" {self}")
@@ -195,13 +207,27 @@ def _mc_successes(sampler, params, state, rows_A, resp_A, prefixes_A,
 
 def resolved(succ_A: np.ndarray, count_A: np.ndarray, first: bool,
              mc_tol: float) -> np.ndarray:
-  """Adaptive stopping: the first round's rollouts all agree, or (mc_tol >
-  0) the 99.9% binomial half-width of Q̂ is at most mc_tol (host)."""
-  agree = first & ((succ_A == 0) | (succ_A == count_A))
+  """Adaptive stopping (host): mc_tol = 0, the first round's rollouts all
+  agree; mc_tol > 0, the 99.9% binomial half-width of Q̂ is at most mc_tol
+  (at Q̂ in {0, 1} it is 1/n: all-agree stops once n >= 1 / mc_tol)."""
   if mc_tol <= 0:
-    return agree
+    return first & ((succ_A == 0) | (succ_A == count_A))
   q = succ_A / np.maximum(count_A, 1)
-  return agree | (metrics.binomial_ci(q, np.maximum(count_A, 1)) <= mc_tol)
+  return metrics.binomial_ci(q, np.maximum(count_A, 1)) <= mc_tol
+
+
+def neyman_extra(succ_A: np.ndarray, n_first: int, extra_total: int
+                 ) -> np.ndarray:
+  """Extra rollouts per prefix, summing to extra_total, proportional to
+  sqrt(q (1 - q)) with q = (s + 0.5) / (n_first + 1) (largest remainders;
+  host)."""
+  q = (succ_A + 0.5) / (n_first + 1)
+  w = np.sqrt(q * (1 - q))
+  share = extra_total * w / w.sum()
+  out = np.floor(share).astype(np.int64)
+  rest = extra_total - int(out.sum())
+  out[np.argsort(-(share - out), kind="stable")[:rest]] += 1
+  return out
 
 
 def _adaptive_mc(sampler, params, state, rows_A, resp_A, prefixes_A,
@@ -220,6 +246,25 @@ def _adaptive_mc(sampler, params, state, rows_A, resp_A, prefixes_A,
     succ = _mc_successes(sampler, params, state, rows_A, resp_A, prefixes_A,
                          prompt_A, keys_AN, grade, cfg, total_rows, budget)
     return succ, np.full(a, cfg.n_mc, np.int32)
+  if cfg.mc_alloc == "neyman":
+    m = cfg.n_mc_min
+    succ = _mc_successes(sampler, params, state, rows_A, resp_A, prefixes_A,
+                         prompt_A, keys_AN[:, :m], grade, cfg, total_rows,
+                         budget)
+    extra = neyman_extra(succ, m, (cfg.n_mc - m) * a)
+    idx = np.repeat(np.arange(a), extra)
+    draw = np.concatenate([np.arange(e) for e in extra])
+    # Extra draws: keys of another stream (draw d of prefix i).
+    k_x = jax.vmap(jax.random.fold_in)(
+        jax.vmap(jax.random.fold_in)(keys_AN[jnp.asarray(idx), 0],
+                                     jnp.full(len(idx), 7919)),
+        jnp.asarray(draw))
+    got = _mc_successes(
+        sampler, params, state, rows_A[idx], [resp_A[i] for i in idx],
+        [prefixes_A[i] for i in idx], np.asarray(prompt_A)[idx],
+        k_x[:, None], grade, cfg, total_rows * (cfg.n_mc - m), budget)
+    succ = succ + np.bincount(idx, got, minlength=a).astype(np.int32)
+    return succ, (m + extra).astype(np.int32)
   succ, count = np.zeros(a, np.int32), np.zeros(a, np.int32)
   active, j = np.ones(a, bool), 0
   while j < cfg.n_mc and active.any():
@@ -577,7 +622,7 @@ def label_config(config, split: str = "train") -> LabelConfig:
       first_pit=lc.get("first_pit", "off") if split == "train" else "off",
       pit_high=lc.get("pit_high", 0.0), n_pit=lc.get("n_pit", 32),
       pit_topup=lc.get("pit_topup", True), n_mc_min=lc.get("n_mc_min", 0),
-      mc_tol=lc.get("mc_tol", 0.0))
+      mc_tol=lc.get("mc_tol", 0.0), mc_alloc=lc.get("mc_alloc", "stop"))
 
 
 def _params_sha256(params, path) -> str:
@@ -656,8 +701,8 @@ def run_label(run: run_lib.Run) -> dict:
               f"{cfg.pit_high}, n_pit={cfg.n_pit}; pit rollouts "
               f"{summary['train']['pit_rollouts']} (in MC rollouts).")
   if cfg.adaptive:
-    extra += (f" Adaptive MC: rounds of {cfg.n_mc_min} up to {cfg.n_mc}, "
-              f"mc_tol={cfg.mc_tol}.")
+    extra += (f" Adaptive MC ({cfg.mc_alloc}): first {cfg.n_mc_min} per "
+              f"prefix, n_mc={cfg.n_mc}, mc_tol={cfg.mc_tol}.")
   summary["report_md"] = (
       f"MC labels: n_cov={cfg.n_cov}, n_mc={cfg.n_mc}, mode={cfg.mode} "
       "(continuations fork each prefix's KV cache)." + extra

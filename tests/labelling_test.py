@@ -313,9 +313,20 @@ def test_adaptive_mc_stops_resolved_prefixes_and_keeps_the_rest_exact():
   assert b_fixed.mc_rollouts == int(fixed["count_NP"][once].sum())
   assert b_ada.mc_rollouts == int(ada["count_NP"][once].sum())
   assert b_ada.mc_rollouts < 0.8 * b_fixed.mc_rollouts
-  # A confidence bound stops more (every prefix once its CI is narrow).
+  # A confidence bound instead: all-agree needs n >= 1 / mc_tol.
   assert np.array_equal(labelling.resolved(
       np.array([0, 2, 2, 16]), np.array([4, 4, 16, 16]), True, 0.0),
       [True, False, False, True])
   assert np.array_equal(labelling.resolved(
-      np.array([2, 50]), np.array([4, 400]), False, 0.1), [False, True])
+      np.array([2, 50, 0, 0]), np.array([4, 400, 4, 10]), False, 0.1),
+      [False, True, False, True])
+  # Neyman allocation keeps the fixed budget exactly, per step.
+  ney, b_ney = _pit_chunk(n_mc=16, n_mc_min=4, mc_alloc="neyman")
+  assert b_ney.mc_rollouts == b_fixed.mc_rollouts
+  for h in range(ney["count_NP"].shape[1]):
+    col = once[:, h]
+    assert ney["count_NP"][col, h].sum() == 16 * col.sum()
+  assert (ney["count_NP"][mc] >= 4).all()
+  assert len(np.unique(ney["count_NP"][mc])) > 2
+  extra = labelling.neyman_extra(np.array([0, 2, 4, 2]), 4, 30)
+  assert extra.sum() == 30 and extra[1] == extra[3] > extra[0] == extra[2]
