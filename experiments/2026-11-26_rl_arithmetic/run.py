@@ -1,6 +1,6 @@
 """Driver of the RL record: the arms in sequence, then tables and plots.
 
-  python experiments/2026-11-26_rl_arithmetic/run.py [--workdir=runs/rl_base]
+  python experiments/2026-11-26_rl_arithmetic/run.py [--workdir=runs/rl_strong]
       [--alphas=1,3,5] [--seeds=0,1,2] [--mc_seeds=0] [--aggregate_only]
 
 1. alpha on validation: PAV-RL seed 0 for each alpha of --alphas; the
@@ -19,6 +19,7 @@ Each arm is one `python -m pav_jax.main` call (printed); a finished arm
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,13 @@ def run_arm(workdir: str, arm: str, seed: int) -> dict:
          f"--config={HERE.relative_to(ROOT)}/config.py:{arm},{seed}",
          f"--workdir={workdir}", f"--config.rl.out_dir={out}"]
   if not (out / "DONE.json").exists():
+    # The init's evaluations (same policy, prompts and keys in every arm)
+    # are computed once and copied into the other arms' out_dirs.
+    for name in ("eval_init.json", "passn_init.json"):
+      done = sorted((Path(workdir) / "rl_exp").glob(f"*/{name}"))
+      if done and not (out / name).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(done[0], out / name)
     print("$", " ".join(cmd[1:]), flush=True)
     t0 = time.time()
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(
@@ -80,11 +88,15 @@ def aggregate(results: dict, chosen: float, alpha_val: dict) -> str:
       names[f"PAV-RL (alpha {key[3:]})"] = key
   arms = {label: results[key] for label, key in names.items()
           if results.get(key)}
+  full = max(r["curve"]["iteration"][-1] for v in arms.values() for r in v)
+  arms = {(label if v[0]["curve"]["iteration"][-1] == full else
+           f"{label}, {v[0]['curve']['iteration'][-1]} it."): v
+          for label, v in arms.items()}
   report.plot_rl_curves({k: [r["curve"] for r in v] for k, v in arms.items()},
                         HERE / "acc_vs_iter.png", HERE / "acc_vs_tokens.png",
                         title="arithmetic: held-out pass@1 during RL")
   lines = ["### alpha on validation (PAV-RL seed 0, final pass@1, "
-           "128 validation prompts x 4 samples)", "",
+           "256 validation prompts x 4 samples)", "",
            "| alpha | validation pass@1 |", "|---|---|"]
   lines += [f"| {a:g} | {v:.3f} |" for a, v in alpha_val.items()]
   lines += ["", f"Chosen alpha: **{chosen:g}**", "",
@@ -114,9 +126,18 @@ def aggregate(results: dict, chosen: float, alpha_val: dict) -> str:
       reach = iters_to_reach(mean_curve(pav), target)
       ratio = total / reach if reach else None
       why = (f"PAV-RL reaches it at iteration {reach:.1f} of {total}: "
-             f"{ratio:.2f}x" if reach else "PAV-RL never reaches it")
+             f"{ratio:.2f}x" if reach else
+             f"PAV-RL never reaches it within {total} iterations (ratio "
+             "< 1, not measurable)")
+    # The other direction: when does ORM-RL reach PAV-RL's final accuracy?
+    pav_final = target + gap
+    back = iters_to_reach(mean_curve(orm), pav_final)
+    why += (f"; ORM-RL reaches PAV-RL's final {pav_final:.3f} at iteration "
+            f"{back:.1f}" if back is not None else
+            f"; ORM-RL never reaches PAV-RL's final {pav_final:.3f}")
     summary = {"orm_final": target, "pav_iters_to_orm_final": reach,
-               "sample_efficiency": ratio, "final_gap": gap}
+               "sample_efficiency": ratio, "final_gap": gap,
+               "orm_iters_to_pav_final": back}
     lines += ["", f"ORM-RL final (mean) {target:.3f}. Sample-efficiency "
               f"ratio {why}. Final gap PAV - ORM {gap:+.3f} (paper: 5-6x, "
               "+7 points)."]
@@ -188,7 +209,7 @@ def aggregate_finished(workdir: str, alphas, seeds) -> None:
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--workdir", default="runs/rl_base")
+  ap.add_argument("--workdir", default="runs/rl_strong")
   ap.add_argument("--alphas", default="1,3,5")
   ap.add_argument("--seeds", default="0,1,2")
   ap.add_argument("--mc_seeds", default="")
