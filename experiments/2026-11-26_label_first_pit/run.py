@@ -167,9 +167,19 @@ def part_adaptive():
       res.update(arm="fixed", n_mc=n_mc, n_mc_min=0, seed=seed)
       print(json.dumps(res), flush=True)
       rows.append(res)
-    for m, n_mc in ((2, 8), (2, 16), (2, 32), (4, 16), (4, 32), (4, 64)):
-      res = evaluate(*label(4, n_mc, seed, n_mc_min=m))
-      res.update(arm=f"adaptive m={m}", n_mc=n_mc, n_mc_min=m, seed=seed)
+    for arm, m, n_mc, kw in (
+        ("stop m=2", 2, 8, {}), ("stop m=2", 2, 16, {}),
+        ("stop m=2", 2, 32, {}), ("stop m=4", 4, 16, {}),
+        ("stop m=4", 4, 32, {}), ("stop m=4", 4, 64, {}),
+        ("CI 0.15 m=4", 4, 64, {"mc_tol": 0.15}),
+        ("CI 0.1 m=4", 4, 128, {"mc_tol": 0.1}),
+        ("neyman m=2", 2, 4, {"mc_alloc": "neyman"}),
+        ("neyman m=2", 2, 8, {"mc_alloc": "neyman"}),
+        ("neyman m=4", 4, 8, {"mc_alloc": "neyman"}),
+        ("neyman m=4", 4, 16, {"mc_alloc": "neyman"}),
+        ("neyman m=8", 8, 32, {"mc_alloc": "neyman"})):
+      res = evaluate(*label(4, n_mc, seed, n_mc_min=m, **kw))
+      res.update(arm=arm, n_mc=n_mc, n_mc_min=m, seed=seed)
       print(json.dumps(res), flush=True)
       rows.append(res)
   return rows
