@@ -5,7 +5,7 @@ Command (from the repository root, one CPU core):
 Reads the SFT policy of runs/search_strong (copied, read-only source, into
 runs/label_demo/); writes results.json and PNG plots next to this file.
 
-All arms label the SAME seed rollouts (same key: 8 train prompts x n_cov 4 of
+All arms label the SAME seed rollouts (same key: 8 train prompts x n_cov 2 of
 the `label_train` stream, configs/demo.py). Label quality is measured
 against a reference Q̂ of N_REF rollouts per prefix drawn with an
 independent key (prefilled once, forked); "MSE" is the mean squared
@@ -38,7 +38,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 SRC = ROOT / "runs" / "search_strong"
 WORK = ROOT / "runs" / "label_demo"
-PROMPTS, N_COV, N_REF = 8, 4, 32
+PROMPTS, N_COV, N_REF = 8, 2, 32
 
 
 def setup():
@@ -123,9 +123,8 @@ def main():
     key = run.key("label_train")
     base = labelling.label_config(run.config)
     arms = [("n_mc=4", dict(n_mc=4)), ("n_mc=8", dict(n_mc=8)),
-            ("n_mc=16", dict(n_mc=16)),
-            ("adaptive 4..16", dict(n_mc=16, n_mc_min=4)),
-            ("adaptive 2..16", dict(n_mc=16, n_mc_min=2)),
+            ("neyman 4 -> 8", dict(n_mc=8, n_mc_min=4, mc_alloc="neyman")),
+            ("stop 4..16", dict(n_mc=16, n_mc_min=4)),
             ("filter n_mc=4", dict(n_mc=4, first_pit="filter")),
             ("bisect n_mc=4", dict(n_mc=4, first_pit="bisect", n_pit=16))]
     rows, ref, tp = [], None, None
@@ -173,10 +172,71 @@ def main():
     ax.scatter(r["rollouts"], r["mse"], label=r["arm"])
   ax.set_xscale("log")
   plots.save_axes(plt, fig, ax, HERE / "label_mse.png",
-                  "total rollouts (8 prompts x 4 seeds)",
+                  "total rollouts (8 prompts x 2 seeds)",
                   "label MSE vs reference (ref. variance removed)",
                   "Demo SFT policy: label strategies")
 
 
+def pits(num_prompts: int = 24):
+  """First pits only (no reference): 24 prompts x 2 seeds, n_mc 4; the
+  failing seeds' lines, true pit, filter and bisect pits -> pits.json."""
+  run, mesh = setup()
+  with jax.set_mesh(mesh):
+    graphdef, params = run.load_policy()
+    sampler = run.sampler(graphdef, cache_size=256)
+    exs = run.examples("train", num_prompts, "label_train")
+    prompts = run.encode_prompts(exs)
+
+    def grade(i, ids):
+      return run.task.grade(exs[i], run.tok.decode(ids))
+
+    key = jax.random.fold_in(run.key("label_train"), 1)
+    base = labelling.label_config(run.config)
+    out, arrs = {}, {}
+    for name, kw in (("all", {}), ("filter", dict(first_pit="filter")),
+                     ("bisect", dict(first_pit="bisect", n_pit=16))):
+      lc = labelling.LabelConfig(**dict(
+          dataclasses.asdict(base), n_cov=N_COV, n_mc=4,
+          prompts_per_chunk=num_prompts, **kw))
+      arr, b = labelling.label_chunk(sampler, params, prompts, grade, key, lc)
+      arrs[name] = arr
+      out[name] = {"rollouts": int(b.seed_rollouts + b.mc_rollouts),
+                   "pit_rollouts": int(b.pit_rollouts),
+                   "kept_prefixes": int(arr["mask_NP"].sum())}
+    tp = true_pits(exs, arrs["all"], run.tok, run.task)
+    fail = arrs["all"]["outcome_N"] == 0
+    seeds = []
+    for r in np.flatnonzero(fail):
+      plen = int(arrs["all"]["prompt_len_N"][r])
+      resp = arrs["all"]["tokens_NT"][r, plen:plen + arrs["all"][
+          "response_len_N"][r]].tolist()
+      seeds.append({
+          "question": exs[int(arrs["all"]["prompt_index_N"][r])].question,
+          "response": run.tok.decode([t for t in resp
+                                      if t != run.tok.eos_id]),
+          "true_pit": int(tp[r]),
+          "filter_pit": int(arrs["filter"]["pit_N"][r]),
+          "bisect_pit": int(arrs["bisect"]["pit_N"][r]),
+          "q_n4": arrs["all"]["q_NP"][r][arrs["all"]["mask_NP"][r]].round(
+              3).tolist(),
+          "q_bisect": arrs["bisect"]["q_NP"][r][
+              arrs["bisect"]["seed_mask_NP"][r]].round(3).tolist(),
+          "count_bisect": arrs["bisect"]["count_NP"][r][
+              arrs["bisect"]["seed_mask_NP"][r]].tolist()})
+    for name in ("filter", "bisect"):
+      p = np.array([s[f"{name}_pit"] for s in seeds])
+      t = np.array([s["true_pit"] for s in seeds])
+      out[name].update(exact=float(np.mean(p == t)),
+                       early=float(np.mean(p < t)),
+                       late=float(np.mean(p > t)))
+    out["failing_seeds"] = len(seeds)
+    out["true_pit_before_last"] = float(np.mean(
+        tp[fail] < arrs["all"]["mask_NP"][fail].sum(1) - 1))
+    print(json.dumps(out), flush=True)
+  (HERE / "pits.json").write_text(json.dumps(
+      {"summary": out, "seeds": seeds}, indent=1))
+
+
 if __name__ == "__main__":
-  main()
+  import sys  # pylint: disable=g-import-not-at-top
+  pits() if sys.argv[1:] == ["pits"] else main()
