@@ -11,8 +11,11 @@ from them by the consumers (`advantages.prover_advantages`).
 
 Arrays of a set (N rows = trajectories, P prefixes, T tokens): tokens_NT,
 prompt_len_N, response_len_N, num_prefixes_N, outcome_N, finished_N,
-prompt_index_N, q_NP, succ_NP, count_NP, mask_NP (+ q_mu_NP, succ_mu_NP);
-layout as in `advantages` (q_NP[:, 0] = V(s_1)).
+prompt_index_N, q_NP, succ_NP, count_NP, mask_NP (+ q_mu_NP, succ_mu_NP;
++ seed_mask_NP, pit_N with `LabelConfig.first_pit`: mask_NP then stops at
+each failing seed's first pit, seed_mask_NP keeps every real prefix);
+layout as in `advantages` (q_NP[:, 0] = V(s_1)). count_NP is per prefix
+(it varies with the adaptive budget and with pit probes).
 
 A set whose budget records rollouts cut by a full KV cache
 before the response budget (`budget.cache_full_biased` > 0, Q̂ biased) is

@@ -29,6 +29,11 @@ The fork-and-grade core (continuations of prefixes, grading, keys, the
 scorer. A rollout cut by a full KV cache before the response budget makes
 Q̂ biased: `label_dataset` refuses such a chunk (raise `c.label.cache_size`).
 
+First pits (`LabelConfig.first_pit`, App. D) and the adaptive MC budget
+(`n_mc_min`, `mc_tol`, `mc_alloc`; beyond the paper) act on these labels:
+see `LabelConfig`. Records: experiments/2026-11-26_label_first_pit and
+2026-11-26_label_demo_policy.
+
 `label_dataset` writes a labelled set (shards + manifest, resumable): the
 format, its identity and `load_labelled` live in `labelled_set.py`; the math
 of advantages and rewards over the labels in `advantages.py`.
