@@ -1,5 +1,6 @@
 """Trainer machinery: sharded == single-device, checkpoints, resume, NaN."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -120,15 +121,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert len(lines) >= 4 and '"loss"' in lines[0]
 
 
-def _fit(stage_dir, num_steps, *, ckpt_every=2, loss_fn=None, batch_fn=None,
-         cfg=CFG, config_dict=None, dead_check_steps=10, identity=None):
+@functools.lru_cache(maxsize=None)
+def _trainer(cfg, loss_fn):
+  """(mesh, tx, train step) per model and loss, compiled once per process:
+  the fits of one test (and of tests sharing a worker) reuse the step."""
   mesh = sharding.make_mesh({"data": 8})
   tx = train_lib.make_optimizer(
       train_lib.OptimConfig(learning_rate=1e-2, warmup_steps=1))
-  state, sh, graphdef = train_lib.init_state(
+  _, sh, graphdef = train_lib.init_state(
       lambda: transformer.create(cfg, seed=0), tx, mesh, seed=0)
-  step_fn = train_lib.make_train_step(
-      graphdef, loss_fn or train_policy.sft_loss, tx, sh, mesh)
+  return mesh, tx, train_lib.make_train_step(graphdef, loss_fn, tx, sh, mesh)
+
+
+def _fit(stage_dir, num_steps, *, ckpt_every=2, loss_fn=None, batch_fn=None,
+         cfg=CFG, config_dict=None, dead_check_steps=10, identity=None):
+  mesh, tx, step_fn = _trainer(cfg, loss_fn or train_policy.sft_loss)
+  state, sh, _ = train_lib.init_state(
+      lambda: transformer.create(cfg, seed=0), tx, mesh, seed=0)
   return train_lib.fit(
       stage_dir=stage_dir, state=state, state_shardings=sh, train_step=step_fn,
       batch_fn=batch_fn or _batch, config_dict=config_dict, identity=identity,
