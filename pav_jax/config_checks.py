@@ -194,6 +194,13 @@ RULES: list[tuple[str, Check]] = [
     ("label.num_eval_prompts", NON_NEGATIVE),
     ("label.mode", one_of("fork", "reprefill")),
     ("label.first_pit_high", number(0, 1)),
+    ("label.first_pit", one_of("off", "filter", "bisect")),
+    ("label.pit_high", number(0, 1)),
+    ("label.n_pit", POSITIVE),
+    ("label.pit_topup", one_of(True, False)),
+    ("label.n_mc_min", NON_NEGATIVE),
+    ("label.mc_tol", number(0, 1)),
+    ("label.mc_alloc", one_of("stop", "neyman")),
     # Search.
     ("search.ns", int_list(1)),
     ("search.seeds", int_list(0, allow_empty=True)),

@@ -114,6 +114,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.label.cache_size = 192  # KV slots: prompt bucket + seed steps + response
   c.label.prover_checkpoint = ""  # params dir of a checkpoint prover mu
   c.label.first_pit_high = 0.0  # > 0: "first pit" prefixes of failing seeds
+  # First pit (labelling.py): "off", "filter" (first Q=0 after Q >= pit_high,
+  # existing labels only) or "bisect" (extra n_pit-rollout probes locate it).
+  c.label.first_pit = "off"
+  c.label.pit_high = 0.0
+  c.label.n_pit = 32
+  c.label.pit_topup = True  # n_pit more rollouts for zeros before the pit
+  # Adaptive MC (beyond the paper): 0 < n_mc_min < n_mc samples in rounds of
+  # n_mc_min; "stop" ends a prefix when a round agrees (or its 99.9% CI
+  # half-width <= mc_tol), "neyman" spreads the fixed budget by sqrt(q(1-q)).
+  c.label.n_mc_min = 0
+  c.label.mc_tol = 0.0
+  c.label.mc_alloc = "stop"
 
   # --- Verifiers: ORM, PRM-Q, PAV (train_verifier.py) ---
   c.verifier = ml_collections.ConfigDict()

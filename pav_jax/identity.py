@@ -54,21 +54,28 @@ def _ignored(key: str, ignore: Iterable[str]) -> bool:
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any],
-         ignore: Iterable[str] = ()) -> list[str]:
+         ignore: Iterable[str] = (),
+         defaults: Mapping[str, Any] | None = None) -> list[str]:
   """Differences as sorted "dotted.key: old -> new" lines.
 
   Args:
     old: The stored identity (nested dicts).
     new: The requested identity.
     ignore: fnmatch patterns on dotted keys to leave out, e.g. "*.log_every".
+    defaults: nested dicts of default values. A key absent on one side takes
+      its default there, so a key added to pav_jax later, and left at its
+      default, does not invalidate what an older version made; set to
+      anything else, it does.
   """
   ignore = tuple(ignore)
   a, b = flatten(normalize(dict(old))), flatten(normalize(dict(new)))
+  fill = flatten(normalize(dict(defaults or {})))
   lines = []
   for key in sorted(set(a) | set(b)):
     if _ignored(key, ignore):
       continue
-    va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
+    va = a.get(key, fill.get(key, _MISSING))
+    vb = b.get(key, fill.get(key, _MISSING))
     if va != vb:
       lines.append(f"{key}: {_show(va)} -> {_show(vb)}")
   return lines
@@ -79,7 +86,8 @@ def _show(value: Any) -> str:
 
 
 def check(have: Mapping[str, Any], want: Mapping[str, Any], what: str,
-          how_to_fix: str, ignore: Iterable[str] = ()) -> None:
+          how_to_fix: str, ignore: Iterable[str] = (),
+          defaults: Mapping[str, Any] | None = None) -> None:
   """Raises IdentityMismatchError listing `diff(have, want)`, if any.
 
   Args:
@@ -87,9 +95,9 @@ def check(have: Mapping[str, Any], want: Mapping[str, Any], what: str,
     want: What this run asks for.
     what: Names the artefact, e.g. "checkpoints in runs/demo/sft".
     how_to_fix: The ways forward, e.g. "use a new --workdir, or delete ...".
-    ignore: See `diff`.
+    ignore, defaults: See `diff`.
   """
-  diffs = diff(have, want, ignore)
+  diffs = diff(have, want, ignore, defaults)
   if diffs:
     raise IdentityMismatchError(
         f"{what} were made with different settings than this run "

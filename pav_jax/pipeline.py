@@ -19,6 +19,7 @@ from typing import Callable
 
 import jax
 
+from pav_jax import defaults
 from pav_jax import identity
 from pav_jax import labelling
 from pav_jax import report
@@ -107,7 +108,8 @@ def _check_done(config, workdir: Path, name: str, done: Path,
       what=f"finished stage {name!r} ({done})",
       how_to_fix=(f"restore the old settings, use a new --workdir, or delete "
                   f"{done.parent} (and the stages after it) to redo it"),
-      ignore=train_lib.DEFAULT_IDENTITY_IGNORE)
+      ignore=train_lib.DEFAULT_IDENTITY_IGNORE,
+      defaults=defaults.base_config().to_dict())
 
 
 def _missing_outputs(workdir: Path, name: str) -> list[str]:

@@ -48,3 +48,14 @@ def test_hashes(tmp_path):
   assert identity.tree_sha256(a) != identity.tree_sha256(reshaped)
   renamed = {"v": a["w"], "b": [np.zeros(2)]}
   assert identity.tree_sha256(a) != identity.tree_sha256(renamed)
+
+
+def test_key_added_later_at_its_default_is_not_a_difference():
+  old = {"label": {"n_mc": 8}}  # made before label.first_pit existed
+  defaults = {"label": {"n_mc": 8, "first_pit": "off"}}
+  same = {"label": {"n_mc": 8, "first_pit": "off"}}
+  assert identity.diff(old, same, defaults=defaults) == []
+  assert identity.diff(old, same) == ['label.first_pit: <absent> -> "off"']
+  other = {"label": {"n_mc": 8, "first_pit": "bisect"}}
+  assert identity.diff(old, other, defaults=defaults) == [
+      'label.first_pit: "off" -> "bisect"']

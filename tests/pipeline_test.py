@@ -71,6 +71,21 @@ def test_changed_config_of_a_finished_stage_stops_naming_the_key(
   assert fake_stages == ["sft", "label", "verifiers"]
 
 
+def test_stage_made_before_a_key_existed_is_skipped_at_its_default(
+    tmp_path, fake_stages):
+  pipeline.run(_config(), tmp_path, mesh=None)
+  done_path = tmp_path / "label" / "DONE.json"
+  done = json.loads(done_path.read_text())
+  del done["identity"]["label"]["first_pit"]  # an older pav_jax's record
+  done_path.write_text(json.dumps(done))
+  pipeline.run(_config(), tmp_path, mesh=None)
+  assert fake_stages == ["sft", "label", "verifiers"]  # skipped
+  with pytest.raises(identity.IdentityMismatchError,
+                     match=r'label\.first_pit: "off" -> "bisect"'):
+    pipeline.run(_config(**{"label.first_pit": "bisect"}), tmp_path,
+                 mesh=None)
+
+
 def test_deleted_outputs_redo_the_stage_and_later_stages_are_stale(
     tmp_path, fake_stages):
   pipeline.run(_config(), tmp_path, mesh=None)
