@@ -597,3 +597,59 @@ def test_tables_md_methods_with_their_own_ns():
       "summaries": [{"x": 1.0}]}})
   assert "| pav_beam | 0.500±0.000 | 0.600±0.000 |  |" in md
   assert "| orm_bon | 1.00e+00 | 2.00e+00 | 4.00e+00 |" in md
+
+
+class _FakeTask:
+  """Problems are the PROMPTS; a response is correct when it holds 45."""
+
+  def prompt(self, ex):
+    return ex
+
+  def grade(self, ex, text):
+    del ex
+    return float("45" in text.split())
+
+  def extract_answer(self, text):
+    return text.split()[-1] if text.split() else None
+
+
+class _FakeTok:
+  pad_id, eos_id, step_ids = PAD, EOS, STEP
+
+  def encode(self, prompt, bos=True):
+    del bos
+    return list(prompt)
+
+  def decode(self, ids):
+    return " ".join(str(i) for i in ids)
+
+
+def test_compare_runs_trained_prover_rows_and_charges_both_verifiers():
+  """compare() with q_mu and a_direct verifiers: their best-of-N and beam
+  rows exist, and each is charged two verifiers' tokens."""
+  graphdef, params = _policy(3, 1.3, 1.5)
+  s = _sampler(graphdef, 1.0)
+  vers = {}
+  for i, name in enumerate(("orm", "prm_q", "q_mu", "a_direct")):
+    vg, vp = tr.split(verifier.create(CFG, seed=10 + i))
+    vers[name] = (vg, vp)
+  settings = search.SearchSettings(ns=(2,), max_steps=3, max_step_tokens=16,
+                                   max_new_tokens=24, batch_rows=64,
+                                   logprob_bon="", weighted_majority=False)
+  res = search.compare(sampler=s, policy_params=params, policy_cfg=CFG,
+                       verifiers=vers, task=_FakeTask(), tok=_FakeTok(),
+                       examples=PROMPTS, settings=settings,
+                       rng=jax.random.key(9))
+  m = res["methods"]
+  for name in ("pav_min_bon_q_mu", "pav_min_bon_a_direct", "pav_beam_q_mu",
+               "pav_beam_a_direct"):
+    assert name in m and m[name]["ns"] == [2]
+  one = m["prm_min_bon"]["compute"][0]["verifier_tokens"]
+  assert m["pav_min_bon_q_mu"]["compute"][0]["verifier_tokens"] == 2 * one
+  # A beam's verifier reads the prompt and every sampled step once; a
+  # trained prover reads them again.
+  for name, nv in (("pav_beam", 1), ("pav_beam_q_mu", 2),
+                   ("pav_beam_a_direct", 2)):
+    c = m[name]["compute"][0]
+    assert c["verifier_tokens"] == pytest.approx(
+        nv * (c["prefilled_tokens"] + c["generated_tokens"]))

@@ -273,7 +273,7 @@ def compare(*, sampler: sampler_lib.Sampler, policy_params,
       log.info("%s N=%d: acc %.3f in %.1f s", name, n, corr.mean(),
                res.seconds)
   return {"ns": sorted(set(ns) | set(beam_ns)
-                      | {n for b in beams for n in b[-1]}),
+                      | {n for b in beams for n in b[5]}),
           "methods": methods,
           "settings": dataclasses.asdict(settings),
           "flop_params": {"policy": n_pol, **n_ver},
