@@ -50,7 +50,9 @@ def get_config(arg=None):
   c.label.prompts_per_chunk = 4
   c.label.cache_size = 544  # train prompts reach 281 tokens (bucket 512)
   c.verifier.steps = 2
-  c.verifier.strong_sft_steps = 2  # the strong-backbone path, cheaply
+  # The strong backbone is tested in tests/train_verifier_test.py; here the
+  # policy itself is the backbone (its 704-token SFT step compiles once).
+  c.verifier.strong_sft_steps = 0
   c.verifier.batch_size = 4
   c.verifier.ckpt_every = 1
   c.search.num_prompts = 4
