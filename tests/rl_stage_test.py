@@ -1,7 +1,11 @@
 """Tests for the rl stage: resume after SIGKILL, input checks, RFT data.
 
 The subprocess tests share one tiny workdir (a 2-step SFT policy and a
-random-weight prm_q verifier); each RL run is a few iterations.
+random-weight prm_q verifier); each RL run is a few iterations. They also
+share one persistent JAX compilation cache (a module tmp dir): each
+subprocess would otherwise recompile the same rollout, scoring, update and
+evaluation programs, which is most of their time. Resume must still be
+bitwise exact with executables loaded from that cache.
 """
 
 import json
@@ -47,6 +51,7 @@ RL = [
     "--config.rl.alpha=3.0", "--config.rl.max_new_tokens=16",
     "--config.rl.max_prompt_len=40",
 ]
+_ENV = {}  # the shared compilation cache, set by the `base` fixture
 MODEL = config_lib.PRESETS["tiny"]().replace(
     vocab_size=320, num_layers=1, embed_dim=32, hidden_dim=64, num_heads=2,
     num_kv_heads=1, head_dim=16)
@@ -55,7 +60,8 @@ MODEL = config_lib.PRESETS["tiny"]().replace(
 def _main(workdir, *extra, check=True):
   cmd = [sys.executable, "-m", "pav_jax.main", "--config=configs/demo.py",
          f"--workdir={workdir}", *TINY, *extra]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")  # one device
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",  # one device
+             **_ENV)
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   if check and proc.returncode != 0:
@@ -66,6 +72,9 @@ def _main(workdir, *extra, check=True):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
   """A workdir with a tokenizer, a 2-step SFT policy, no verifier."""
+  _ENV.update(
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   d = tmp_path_factory.mktemp("rl_base")
   _main(d, "--config.stages=sft", "--config.sft.steps=2")
   return d
