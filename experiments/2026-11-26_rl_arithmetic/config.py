@@ -4,7 +4,9 @@
 
 ARM: "orm" (alpha 0, no dense term), "pav<alpha>" (PAV-RL, A^mu),
 "q<alpha>" (the Q^mu-instead-of-A^mu ablation, App. G), "mc<alpha>"
-(verifier-free control: Q^pi from MC continuations of the sft policy).
+(verifier-free control: Q^pi from MC continuations of the sft policy),
+"vine<alpha>" (VinePPO-style: the same MC values with mu = pi, i.e. the
+prover Best-of-1: A^pi instead of A^{Bo4}).
 Everything else is the demo pipeline's (configs/demo.py); the workdir must
 hold sft/params and verifiers/prm_q/params (runs/rl_strong: the strong
 backbone + lp_features verifier, see README.md). run.py gives each arm
@@ -26,11 +28,12 @@ def arm_settings(arm: str) -> dict:
     return {"scorer": "none", "alpha": 0.0}
   for prefix, extra in (("pav", {"scorer": "pav", "dense": "advantage"}),
                         ("q", {"scorer": "pav", "dense": "q"}),
-                        ("mc", {"scorer": "mc", "dense": "advantage"})):
+                        ("mc", {"scorer": "mc", "dense": "advantage"}),
+                        ("vine", {"scorer": "mc", "dense": "advantage"})):
     if arm.startswith(prefix) and arm[len(prefix):]:
       return dict(extra, alpha=float(arm[len(prefix):]))
   raise ValueError(f"unknown arm {arm!r}: orm, pav<alpha>, q<alpha>, "
-                   "mc<alpha>")
+                   "mc<alpha>, vine<alpha>")
 
 
 def get_config(arg=None):
@@ -54,5 +57,7 @@ def get_config(arg=None):
   r.seed = int(seed)
   for k, v in arm_settings(arm).items():
     setattr(r, k, v)
+  if arm.startswith("vine"):
+    c.pav.prover_k = 1  # mu = pi: MC advantages of the policy itself
   r.out_dir = f"runs/rl_strong/rl_exp/{arm}_s{seed}"
   return c

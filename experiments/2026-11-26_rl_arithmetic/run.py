@@ -82,7 +82,8 @@ def mean_curve(runs: list[dict]) -> dict:
 def aggregate(results: dict, chosen: float, alpha_val: dict) -> str:
   names = {"ORM-RL (alpha 0)": "orm", f"PAV-RL (alpha {chosen:g})":
            f"pav{chosen:g}", f"Q^mu ablation (alpha {chosen:g})":
-           f"q{chosen:g}", f"MC control (alpha {chosen:g})": f"mc{chosen:g}"}
+           f"q{chosen:g}", f"MC control (alpha {chosen:g})": f"mc{chosen:g}",
+           f"VinePPO-style mu = pi MC (alpha {chosen:g})": f"vine{chosen:g}"}
   for key in sorted(results):  # other alphas of the validation grid
     if key.startswith("pav") and key != f"pav{chosen:g}":
       names[f"PAV-RL (alpha {key[3:]})"] = key
@@ -198,7 +199,8 @@ def aggregate_finished(workdir: str, alphas, seeds) -> None:
                for a in alphas if done(f"pav{a:g}", seeds[0])}
   chosen = max(alpha_val, key=lambda a: (alpha_val[a], -a))
   results = {}
-  keys = [f"pav{chosen:g}", "orm", f"q{chosen:g}", f"mc{chosen:g}"]
+  keys = [f"pav{chosen:g}", "orm", f"q{chosen:g}", f"mc{chosen:g}",
+          f"vine{chosen:g}"]
   keys += [f"pav{a:g}" for a in alphas if a != chosen]
   for key in keys:
     for s in seeds:
@@ -213,6 +215,8 @@ def main():
   ap.add_argument("--alphas", default="1,3,5")
   ap.add_argument("--seeds", default="0,1,2")
   ap.add_argument("--mc_seeds", default="")
+  ap.add_argument("--vine_seeds", default="",
+                  help="seeds of the VinePPO-style mu = pi MC arm")
   ap.add_argument("--arms", default="pav,orm,q", help="main arms to run")
   ap.add_argument("--aggregate_only", action="store_true",
                   help="tables/plots from the finished arms; run nothing")
@@ -237,6 +241,8 @@ def main():
       if not (arm == "pav" and s == seeds[0]):
         plan.append((key, s))
   plan += [(f"mc{chosen:g}", int(s)) for s in args.mc_seeds.split(",") if s]
+  plan += [(f"vine{chosen:g}", int(s))
+           for s in args.vine_seeds.split(",") if s]
   for key, s in plan:
     results.setdefault(key, []).append(run_arm(args.workdir, key, s))
     print(aggregate(results, chosen, alpha_val), flush=True)
