@@ -214,6 +214,11 @@ RULES: list[tuple[str, Check]] = [
     ("search.split", one_of("train", "validation", "test")),
     ("search.beam_start", one_of("beam", "one")),
     ("search.mc_rollouts", NON_NEGATIVE),
+    ("search.beam_ns", int_list(1, allow_empty=True)),
+    ("search.mc_ns", int_list(1, allow_empty=True)),
+    ("search.mc_bon", one_of(True, False)),
+    ("search.beam_distinct", one_of("0", "1", "0,1", "1,0")),
+    ("search.sweep_distinct", one_of(True, False)),
     ("search.logprob_bon", one_of("mean", "sum", "")),
     # Verifiers.
     ("verifier.design", one_of("lp_features", "head")),

@@ -161,6 +161,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.mc_rollouts = 0  # > 0: MC-scorer beams (mc_q/mc_pav_beam); 0 off
   c.search.logprob_bon = "mean"  # policy log-prob best-of-N: mean/sum/"" off
   c.search.weighted_majority = True  # wmaj_* rows (verifier-weighted votes)
+  c.search.beam_ns = ""  # N of the beams ("" = ns), e.g. "2,4,8"
+  c.search.mc_ns = ""  # N of the MC-scorer beams ("" = beam_ns)
+  c.search.mc_bon = True  # mc_min_bon rows (with mc_rollouts > 0)
+  # "0": beams keep copies of a prefix (recorded default); "1": the top B
+  # among distinct prefixes only; "0,1": both (rows *_distinct).
+  c.search.beam_distinct = "0"
   # Sweeps (search/sweeps.py). With seeds or sweeps set, the stage writes an
   # experiment record (results.json with alpha/main/prover parts, tables.md,
   # main_seed<s>.json, plots) into out_dir; otherwise one comparison.
@@ -173,6 +179,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.sweep_prompts = 64  # validation problems of the alpha sweep
   c.search.sweep_seeds = "0,1"  # seeds of the alpha and prover sweeps
   c.search.sweep_prover_ks = "1,2,4,8,16,32"  # Bo-K(pi) provers
+  c.search.sweep_distinct = False  # sweeps over distinct-prefix beams
   c.search.sweep_prover_ns = "4,16"  # beam sizes of the prover sweep
   # The alpha sweep's choice replaces c.pav.alpha for the main and prover
   # parts (set False to keep c.pav.alpha).
