@@ -65,13 +65,15 @@ def training_arrays(data: dict, kind: str, prover_k: float = 4.0,
   """Per-row model inputs and per-prefix targets/masks/weights of a kind.
 
   first_pit_high > 0 keeps, for the step-level kinds, only the "first pit"
-  prefixes of failing seeds (`advantages.first_pit_selection`).
+  prefixes of failing seeds (`advantages.first_pit_selection`); a failing
+  seed without a pit keeps all its prefixes, as the labeller's
+  `c.label.first_pit` does (the paper drops only post-pit prefixes).
   """
   mask_NP = data["mask_NP"].astype(bool)
   if first_pit_high > 0 and kind != "orm":
     mask_NP = np.asarray(advantages.first_pit_selection(
         jnp.asarray(data["q_NP"]), jnp.asarray(mask_NP),
-        jnp.asarray(data["outcome_N"]), first_pit_high))
+        jnp.asarray(data["outcome_N"]), first_pit_high, keep_no_pit=True))
   p = mask_NP.shape[1]
   if kind == "orm":
     last_N = data["num_prefixes_N"] - 1

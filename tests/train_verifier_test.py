@@ -223,3 +223,29 @@ def test_tiny_verifiers_stage_with_strong_model(tmp_path):
   assert ev["design"] == "lp_features" and ev["strong_sft_steps"] == 2
   assert len(ev["prm_q/lp_w"]) == 2 and "top1" in ev
   assert "top-1 false-positive rate" in (tmp_path / "report.md").read_text()
+
+
+def test_first_pit_high_drops_only_post_pit_prefixes_of_failing_seeds():
+  n = 4
+  data = {
+      "tokens_NT": np.tile(np.array([BOS, 7, STEP, 5, STEP, 5, EOS],
+                                    np.int32), (n, 1)),
+      "q_NP": np.array([[0.8, 1.0, 1.0],    # correct seed: all kept
+                        [0.8, 0.0, 0.0],    # failing: pit at 1 after a high
+                        [0.3, 0.2, 0.1],    # failing, no pit: all kept
+                        [0.0, 0.0, 0.0]],   # failing, never high: no pit
+                       np.float32),
+      "prompt_len_N": np.full(n, 3, np.int32),
+      "response_len_N": np.full(n, 4, np.int32),
+      "num_prefixes_N": np.full(n, 3, np.int32),
+      "mask_NP": np.ones((n, 3), bool),
+      "count_NP": np.full((n, 3), 8, np.int32),
+      "outcome_N": np.array([1, 0, 0, 0], np.float32),
+      "prompt_index_N": np.zeros(n, np.int32)}
+  plain = train_verifier.training_arrays(data, "prm_q")["mask"]
+  pit = train_verifier.training_arrays(data, "prm_q",
+                                       first_pit_high=0.5)["mask"]
+  assert plain.astype(int).tolist() == [[1, 1, 1]] * 4
+  # Only the failing seed with a pit loses its prefixes after the pit.
+  assert pit.astype(int).tolist() == [[1, 1, 1], [1, 1, 0], [1, 1, 1],
+                                      [1, 1, 1]]
