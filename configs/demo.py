@@ -35,6 +35,7 @@ def get_config(arg=None):
   c.rl.iterations = 30
   c.rl.eval_every = 10
   c.rl.ckpt_every = 10
+  c.rl.passn_prompts = 32  # final Pass@1..16 (init vs final) on 32 prompts
   # Adam's first steps are ~lr per weight whatever the gradient's size: at
   # 1e-4 and above every arm loses held-out pass@1 (one step at 5e-4 moves
   # the policy by KL 2.4 nats/token); 5e-5 is the largest tried where it
