@@ -21,8 +21,9 @@
 
 Outputs in `c.rl.out_dir` (default `<workdir>/rl`): checkpoints/,
 metrics.jsonl, tb/, policy_params/, value_params/, eval_init.json,
-passn_init.json (the init's evaluations: reused when present, so arms of
-one experiment may share them), summary.json, rl_accuracy.png, DONE.json
+passn_init.json (the init's evaluations with the settings they were made
+from: reused when those are equal, so arms of one experiment may share
+them), summary.json, rl_accuracy.png, DONE.json
 (by the pipeline).
 
 Randomness: the rollouts draw from the RL state's key (seeded by the `rl`
@@ -37,11 +38,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
 
 from pav_jax import checkpoint as ckpt_lib
+from pav_jax import identity
 from pav_jax import labelled_set
 from pav_jax import metrics as metrics_lib
 from pav_jax import report
@@ -295,6 +298,24 @@ def curves(history: list[dict], eval_init: dict) -> dict:
   return out
 
 
+def init_metrics(path: Path, made_from: dict,
+                 compute: Callable[[], dict]) -> dict:
+  """The init policy's evaluation, cached at `path` with what it was made
+  from: reused (on rerun, or copied in from another arm of an experiment)
+  only when `made_from` is equal, recomputed otherwise."""
+  made_from = identity.normalize(made_from)
+  if path.exists():
+    stored = json.loads(path.read_text())
+    if isinstance(stored, dict) and stored.get("made_from") == made_from:
+      return stored["metrics"]
+    log.info("%s was made with other settings: recomputing", path)
+  metrics = compute()
+  if jax.process_index() == 0:
+    train_lib.write_json_atomic(path, {"made_from": made_from,
+                                       "metrics": metrics})
+  return metrics
+
+
 def run_rl(run: run_lib.Run) -> dict:
   """RFT/SFT init -> RL iterations (resumable) -> evaluation and report."""
   c, r = run.config, run.config.rl
@@ -305,13 +326,13 @@ def run_rl(run: run_lib.Run) -> dict:
   ctx, state = _context(run, cfg, graphdef, init_params)
   eval_fn = make_eval_fn(run, ctx.sampler)
   odir.mkdir(parents=True, exist_ok=True)
-  init_path = odir / "eval_init.json"
-  if init_path.exists():
-    eval_init = json.loads(init_path.read_text())
-  else:
-    eval_init = eval_fn(0, ctx.ref_params)
-    if jax.process_index() == 0:
-      train_lib.write_json_atomic(init_path, eval_init)
+  made_from = {"init": init_info, "eval_split": r.eval_split,
+               "max_new_tokens": int(r.max_new_tokens),
+               "batch_rows": int(c.eval.batch_rows)}
+  eval_init = init_metrics(
+      odir / "eval_init.json",
+      dict(made_from, prompts=int(r.eval_prompts), k=int(r.eval_samples)),
+      lambda: eval_fn(0, ctx.ref_params))
   prompts = prompt_fn(run)
   t_loop = time.time()
   state = train_lib.fit(
@@ -338,13 +359,10 @@ def run_rl(run: run_lib.Run) -> dict:
   curve = curves(history, eval_init)
   passn = {}
   if int(r.passn_max) > 0:
-    passn_init_path = odir / "passn_init.json"  # like eval_init.json: the
-    if passn_init_path.exists():  # init's, reused on rerun (or copied in)
-      passn_init = json.loads(passn_init_path.read_text())
-    else:
-      passn_init = pass_at_n(run, ctx.sampler, ctx.ref_params)
-      if jax.process_index() == 0:
-        train_lib.write_json_atomic(passn_init_path, passn_init)
+    passn_init = init_metrics(
+        odir / "passn_init.json",
+        dict(made_from, prompts=int(r.passn_prompts), k=int(r.passn_max)),
+        lambda: pass_at_n(run, ctx.sampler, ctx.ref_params))
     passn = {"init": passn_init,
              "final": pass_at_n(run, ctx.sampler, state["params"]["policy"])}
   val_acc = None

@@ -173,3 +173,22 @@ def test_curves_accumulate_sampled_tokens():
   c = rl_stage.curves(hist, {"pass@1": 0.25})
   assert c == {"iteration": [0, 2], "sampled_tokens": [0.0, 35.0],
                "pass@1": [0.25, 0.5]}
+
+
+def test_init_metrics_reused_only_when_made_from_the_same_settings(tmp_path):
+  path = tmp_path / "eval_init.json"
+  calls = []
+
+  def compute():
+    calls.append(1)
+    return {"pass@1": 0.5 + len(calls)}
+
+  a = {"init": {"init": "sft"}, "prompts": 64, "k": 4}
+  assert rl_stage.init_metrics(path, a, compute) == {"pass@1": 1.5}
+  assert rl_stage.init_metrics(path, a, compute) == {"pass@1": 1.5}  # reused
+  assert len(calls) == 1
+  b = dict(a, prompts=32)  # another setting (or a stale copied-in file)
+  assert rl_stage.init_metrics(path, b, compute) == {"pass@1": 2.5}
+  path.write_text('{"pass@1": 0.1}')  # an older, unlabelled cache
+  assert rl_stage.init_metrics(path, b, compute) == {"pass@1": 3.5}
+  assert len(calls) == 3
