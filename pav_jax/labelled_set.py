@@ -36,6 +36,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from pav_jax import identity as identity_lib
+
 FORMAT = "pav_jax.labelled_set"
 FORMAT_VERSION = 1
 
@@ -104,13 +106,17 @@ def read_manifest(directory: Path) -> dict | None:
   return m
 
 
-def check_identity(path: Path, have: dict, want: dict) -> None:
+def check_identity(path: Path, have: dict, want: dict,
+                   defaults: dict | None = None) -> None:
+  """Raises unless the entries of `want` equal the set's (`identity.diff`:
+  a sub-key the set lacks takes its value from `defaults`, so a setting
+  added later, at its default, keeps older sets valid)."""
   if isinstance(have.get("prover"), dict) and "bok_k" in have["prover"]:
     # Sets made before K left the identity: K does not change the labels.
     have = dict(have, prover={k: v for k, v in have["prover"].items()
                               if k != "bok_k"})
-  diffs = [f"{k}: set has {have.get(k)!r}, expected {want[k]!r}"
-           for k in sorted(want) if have.get(k) != want[k]]
+  diffs = identity_lib.diff({k: have.get(k) for k in want}, want,
+                            defaults=defaults)
   if diffs:
     raise LabelledSetError(
         f"labelled set {path} does not match this run:\n  " + "\n  ".join(diffs)
@@ -119,14 +125,16 @@ def check_identity(path: Path, have: dict, want: dict) -> None:
 
 
 def open_manifest(directory: Path, identity_: dict, config: dict | None,
-                  empty_budget: dict) -> dict:
-  """The manifest of `directory` (checked against `identity_`) or a new one."""
+                  empty_budget: dict, defaults: dict | None = None) -> dict:
+  """The manifest of `directory` (checked against `identity_`, see
+  `check_identity` for `defaults`) or a new one."""
   manifest = read_manifest(directory)
   if manifest is None:
     return {"format": FORMAT, "version": FORMAT_VERSION,
             "identity": identity_, "config": config or {}, "shards": {},
             "budget": dict(empty_budget), "complete": False}
-  check_identity(directory / "manifest.json", manifest["identity"], identity_)
+  check_identity(directory / "manifest.json", manifest["identity"], identity_,
+                 defaults)
   return manifest
 
 

@@ -90,11 +90,6 @@ def bisect_first_zero(is_zero: Callable[[int], bool], lo: int, hi: int) -> int:
 
 
 FIRST_PIT_MODES = ("off", "filter", "bisect")
-# Fields added after sets were first written: left out of a set's identity
-# at these defaults, so sets made before them still resume and load.
-_LATER_FIELDS = {"first_pit": "off", "pit_high": 0.0, "n_pit": 32,
-                 "pit_topup": True, "n_mc_min": 0, "mc_tol": 0.0,
-                 "mc_alloc": "stop"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -556,10 +551,10 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
 
 
 def identity_config(cfg: LabelConfig) -> dict:
-  """The labelling settings of a set's identity; fields added later are
-  left out at their defaults (sets made before them stay valid)."""
-  return {k: v for k, v in dataclasses.asdict(cfg).items()
-          if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+  """The labelling settings of a set's identity. A set made before a field
+  existed lacks it and is compared at the field's default (`label_dataset`
+  passes `LabelConfig()`'s values as `identity.diff` defaults)."""
+  return dataclasses.asdict(cfg)
 
 
 def label_dataset(directory: str | Path, sampler, params,
@@ -585,8 +580,9 @@ def label_dataset(directory: str | Path, sampler, params,
   identity = json.loads(json.dumps(dict(
       identity, label_config=identity_config(cfg),
       num_prompts=len(prompts))))
-  manifest = labelled_set.open_manifest(directory, identity, config,
-                                        Budget().to_dict())
+  manifest = labelled_set.open_manifest(
+      directory, identity, config, Budget().to_dict(),
+      defaults={"label_config": dataclasses.asdict(LabelConfig())})
   chunk = cfg.prompts_per_chunk
   num_chunks = -(-len(prompts) // chunk)
   new = 0

@@ -2,7 +2,9 @@
 fork == re-prefill, first pits and the adaptive budget against known exact
 values, resume, and refusal of corrupt or mismatched sets."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -330,3 +332,20 @@ def test_adaptive_mc_stops_resolved_prefixes_and_keeps_the_rest_exact():
   assert len(np.unique(ney["count_NP"][mc])) > 2
   extra = labelling.neyman_extra(np.array([0, 2, 4, 2]), 4, 30)
   assert extra.sum() == 30 and extra[1] == extra[3] > extra[0] == extra[2]
+
+
+def test_set_made_before_a_label_setting_existed_matches_at_its_default():
+  defaults = {"label_config": dataclasses.asdict(labelling.LabelConfig())}
+  want = {"step_id": 3, "label_config": labelling.identity_config(
+      labelling.LabelConfig())}
+  old = {"step_id": 3, "label_config": {
+      k: v for k, v in want["label_config"].items() if k != "first_pit"}}
+  labelled_set.check_identity(Path("m.json"), old, want, defaults)
+  bisect = dict(want, label_config=labelling.identity_config(
+      labelling.LabelConfig(first_pit="bisect")))
+  with pytest.raises(labelled_set.LabelledSetError,
+                     match=r'label_config\.first_pit: "off" -> "bisect"'):
+    labelled_set.check_identity(Path("m.json"), old, bisect, defaults)
+  with pytest.raises(labelled_set.LabelledSetError, match="step_id: 4 -> 3"):
+    labelled_set.check_identity(Path("m.json"), dict(old, step_id=4), want,
+                                defaults)
