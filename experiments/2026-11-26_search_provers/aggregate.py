@@ -1,0 +1,152 @@
+"""Tables, plot and results.json of the provers record from its JSON files.
+
+  python experiments/2026-11-26_search_provers/aggregate.py
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+PROVERS = ("weak", "same", "strong")
+BOK = ("bo1", "bo4", "bo16")
+
+
+def _mean_std(xs):
+  xs = [x for x in xs if x is not None]
+  if not xs:
+    return None, None
+  return float(np.mean(xs)), float(np.std(xs))
+
+
+def _fmt(m, s, n_seeds):
+  if m is None:
+    return ""
+  return f"{m:.3f}" + (f"±{s:.3f}" if n_seeds > 1 else "")
+
+
+def main() -> None:
+  runs = [json.loads(p.read_text())
+          for p in sorted(HERE.glob("search_seed*.json"))]
+  passk = json.loads((HERE / "passk.json").read_text())
+  qmu = {}
+  for name in PROVERS:
+    p = pathlib.Path(f"runs/provers_{name}/verifiers/q_mu/summary.json")
+    if p.exists():
+      qmu[name] = json.loads(p.read_text())
+  ns = runs[0]["ns"]
+  seeds = [r["seed"] for r in runs]
+  rows = []
+  pass1 = {"weak": passk["ckpt300"]["pass@1"], "same": passk["pi"]["pass@1"],
+           "strong": passk["strong"]["pass@1"]}
+  order = [("prm_q", "PRM-Q beam (no prover)", None)]
+  order += [(f"pav_{b}", f"PAV, Bo{b[2:]}(π) closed form", None) for b in BOK]
+  order += [(f"pav_{p}", f"PAV, checkpoint μ = {p}", p) for p in PROVERS]
+  table = {}
+  for key, label, prover in order:
+    beam = [r["beam"].get(key) for r in runs]
+    if any(b is None for b in beam):
+      continue
+    bon_key = {"prm_q": "prm_q_min"}.get(key, key.replace("pav_", "pav_min_"))
+    bon = [r["bon"].get(bon_key) for r in runs if r.get("bon")]
+    entry = {"label": label, "beam_acc": [], "changed": [], "bon_acc": [],
+             "pool_pass": []}
+    for i, _ in enumerate(ns):
+      entry["beam_acc"].append(_mean_std([b["acc"][i] for b in beam]))
+      entry["changed"].append(_mean_std([b["changed"][i] for b in beam]))
+      entry["pool_pass"].append(_mean_std([b["pool_pass"][i] for b in beam]))
+      entry["bon_acc"].append(_mean_std([b[i] for b in bon if b])
+                              if bon else (None, None))
+    if prover:
+      entry["prover_pass@1"] = pass1[prover]
+    table[key] = entry
+  k = len(runs)
+  head = ("| verifier / prover | prover pass@1 | "
+          + " | ".join(f"beam N={n}" for n in ns) + " | "
+          + " | ".join(f"changed top-B N={n}" for n in ns) + " | "
+          + " | ".join(f"BoN (min) N={n}" for n in ns) + " |")
+  rows.append(head)
+  rows.append("|" + "---|" * (2 + 3 * len(ns)))
+  for key, e in table.items():
+    pp = e.get("prover_pass@1")
+    if key.startswith("pav_bo"):
+      kk = float(key[6:])
+      q = passk["pi"]["pass@1"]
+      pp_s = f"({1 - (1 - q) ** kk:.3f})"
+    else:
+      pp_s = f"{pp:.3f}" if pp is not None else "—"
+    rows.append(
+        f"| {e['label']} | {pp_s} | "
+        + " | ".join(_fmt(*a, k) for a in e["beam_acc"]) + " | "
+        + " | ".join(_fmt(*a, k) for a in e["changed"]) + " | "
+        + " | ".join(_fmt(*a, k) for a in e["bon_acc"]) + " |")
+  extra = []
+  for r in runs:
+    if r.get("bon"):
+      extra.append(f"seed {r['seed']}: Pass@N "
+                   + ", ".join(f"N={n} {a:.3f}"
+                               for n, a in zip(ns, r["bon"]["pass@N"]))
+                   + "; ORM BoN "
+                   + ", ".join(f"N={n} {a:.3f}"
+                               for n, a in zip(ns, r["bon"]["orm"])))
+  q_rows = ["| prover | pass@1 (128 test × 8) | mean Q̂^μ (train prefixes) | "
+            "mean Q̂^π | corr(Q̂^μ, Q̂^π) | steps with Q̂^μ rising | "
+            "q_mu eval corr / MSE vs MC Q̂^μ | outcome AUROC |",
+            "|---|---|---|---|---|---|---|---|"]
+  for name, s in qmu.items():
+    q_rows.append(
+        f"| {name} | {pass1[name]:.3f} | {s['train_mean_q_mu']:.3f} | "
+        f"{s['train_mean_q_pi']:.3f} | {s['train_corr_mu_pi']:.3f} | "
+        f"{s['train_frac_adv_mu_pos']:.3f} (π: "
+        f"{s['train_frac_adv_pi_pos']:.3f}) | {s['eval_corr_q_mu']:.3f} / "
+        f"{s['eval_mse_q_mu']:.4f} | {s['eval_auroc_outcome']:.3f} |")
+  md = ("## Search with provers (test, %d problems, seeds %s; mean%s)\n\n"
+        % (runs[0]["num_prompts"], ",".join(map(str, seeds)),
+           " ± std" if k > 1 else "")
+        + "\n".join(rows) + "\n\n" + "\n".join(extra)
+        + "\n\n## Provers and their labels\n\n" + "\n".join(q_rows) + "\n")
+  (HERE / "tables.md").write_text(md)
+  print(md)
+  out = {"ns": ns, "seeds": seeds, "table": table, "passk": passk,
+         "q_mu": qmu, "runs": runs}
+  (HERE / "results.json").write_text(json.dumps(out, indent=2))
+  _plot(table, ns, pass1, passk["pi"]["pass@1"])
+
+
+def _plot(table, ns, pass1, q_pi) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(1, len(ns), figsize=(5 * len(ns), 4),
+                           squeeze=False)
+  for ax, (i, n) in zip(axes[0], enumerate(ns)):
+    for keys, strength, style, lab in (
+        ([f"pav_{p}" for p in PROVERS], [pass1[p] for p in PROVERS], "o-",
+         "PAV beam, checkpoint μ"),
+        ([f"pav_{b}" for b in BOK],
+         [1 - (1 - q_pi) ** float(b[2:]) for b in BOK], "s--",
+         "PAV beam, Bo-K(π) μ"),
+    ):
+      pts = [(x, table[key]["beam_acc"][i]) for key, x in zip(keys, strength)
+             if key in table]
+      if pts:
+        ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
+                    yerr=[p[1][1] or 0 for p in pts], fmt=style, label=lab,
+                    capsize=3)
+    if "prm_q" in table:
+      ax.axhline(table["prm_q"]["beam_acc"][i][0], color="gray", ls=":",
+                 label="PRM-Q beam (no prover)")
+    ax.axvline(q_pi, color="k", lw=0.5)
+    ax.set_xlabel("prover strength: pass@1 of μ (Bo-K: 1-(1-p_π)^K)")
+    ax.set_ylabel("beam accuracy")
+    ax.set_title(f"N = {n}")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(HERE / "acc_vs_prover.png", dpi=120)
+
+
+if __name__ == "__main__":
+  main()
