@@ -28,9 +28,19 @@ def _fmt(m, s, n_seeds):
   return f"{m:.3f}" + (f"±{s:.3f}" if n_seeds > 1 else "")
 
 
+def _pct(x):
+  return "" if x is None else f"{100 * x:.1f}%"
+
+
 def main() -> None:
-  runs = [json.loads(p.read_text())
-          for p in sorted(HERE.glob("search_seed*.json"))]
+  by_seed = {}
+  for p in sorted(HERE.glob("search_seed*.json")):  # parts of a seed merge
+    r = json.loads(p.read_text())
+    m = by_seed.setdefault(r["seed"], dict(r, bon={}, beam={}, seconds={}))
+    m["bon"].update(r["bon"])
+    m["beam"].update(r["beam"])
+    m["seconds"][p.name] = r["seconds"]
+  runs = [by_seed[s] for s in sorted(by_seed)]
   passk = json.loads((HERE / "passk.json").read_text())
   qmu = {}
   for name in PROVERS:
@@ -38,6 +48,11 @@ def main() -> None:
     if p.exists():
       qmu[name] = json.loads(p.read_text())
   ns = runs[0]["ns"]
+  # A Bo-K(pi) prover solves a problem when one of K samples of pi does:
+  # its pass@1 is pi's pass@K (the sft stage's 128 test prompts x 16).
+  sft = json.loads(pathlib.Path("runs/search_rerun/sft/eval.json")
+                   .read_text())["sft"]
+  bok_pass = {b: sft[f"pass@{b[2:]}"] for b in BOK}
   seeds = [r["seed"] for r in runs]
   rows = []
   pass1 = {"weak": passk["ckpt300"]["pass@1"], "same": passk["pi"]["pass@1"],
@@ -47,11 +62,14 @@ def main() -> None:
   order += [(f"pav_{p}", f"PAV, checkpoint μ = {p}", p) for p in PROVERS]
   table = {}
   for key, label, prover in order:
-    beam = [r["beam"].get(key) for r in runs]
-    if any(b is None for b in beam):
-      continue
     bon_key = {"prm_q": "prm_q_min"}.get(key, key.replace("pav_", "pav_min_"))
     bon = [r["bon"].get(bon_key) for r in runs if r.get("bon")]
+    beam = [r["beam"].get(key) for r in runs]
+    if any(b is None for b in beam):
+      if not any(bon):
+        continue
+      beam = [{"acc": [None] * len(ns), "changed": [None] * len(ns),
+               "pool_pass": [None] * len(ns)}]  # best-of-N only
     entry = {"label": label, "beam_acc": [], "changed": [], "bon_acc": [],
              "pool_pass": []}
     for i, _ in enumerate(ns):
@@ -73,15 +91,13 @@ def main() -> None:
   for key, e in table.items():
     pp = e.get("prover_pass@1")
     if key.startswith("pav_bo"):
-      kk = float(key[6:])
-      q = passk["pi"]["pass@1"]
-      pp_s = f"({1 - (1 - q) ** kk:.3f})"
+      pp_s = f"{bok_pass[key[4:]]:.3f}"
     else:
       pp_s = f"{pp:.3f}" if pp is not None else "—"
     rows.append(
         f"| {e['label']} | {pp_s} | "
         + " | ".join(_fmt(*a, k) for a in e["beam_acc"]) + " | "
-        + " | ".join(_fmt(*a, k) for a in e["changed"]) + " | "
+        + " | ".join(_pct(a[0]) for a in e["changed"]) + " | "
         + " | ".join(_fmt(*a, k) for a in e["bon_acc"]) + " |")
   extra = []
   for r in runs:
@@ -113,10 +129,10 @@ def main() -> None:
   out = {"ns": ns, "seeds": seeds, "table": table, "passk": passk,
          "q_mu": qmu, "runs": runs}
   (HERE / "results.json").write_text(json.dumps(out, indent=2))
-  _plot(table, ns, pass1, passk["pi"]["pass@1"])
+  _plot(table, ns, pass1, bok_pass, passk["pi"]["pass@1"])
 
 
-def _plot(table, ns, pass1, q_pi) -> None:
+def _plot(table, ns, pass1, bok_pass, q_pi) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -127,11 +143,12 @@ def _plot(table, ns, pass1, q_pi) -> None:
         ([f"pav_{p}" for p in PROVERS], [pass1[p] for p in PROVERS], "o-",
          "PAV beam, checkpoint μ"),
         ([f"pav_{b}" for b in BOK],
-         [1 - (1 - q_pi) ** float(b[2:]) for b in BOK], "s--",
+         [bok_pass[b] for b in BOK], "s--",
          "PAV beam, Bo-K(π) μ"),
     ):
       pts = [(x, table[key]["beam_acc"][i]) for key, x in zip(keys, strength)
              if key in table]
+      pts = [p for p in pts if p[1][0] is not None]
       if pts:
         ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
                     yerr=[p[1][1] or 0 for p in pts], fmt=style, label=lab,
@@ -140,7 +157,7 @@ def _plot(table, ns, pass1, q_pi) -> None:
       ax.axhline(table["prm_q"]["beam_acc"][i][0], color="gray", ls=":",
                  label="PRM-Q beam (no prover)")
     ax.axvline(q_pi, color="k", lw=0.5)
-    ax.set_xlabel("prover strength: pass@1 of μ (Bo-K: 1-(1-p_π)^K)")
+    ax.set_xlabel("prover strength: pass@1 of μ (Bo-K(π): π's pass@K)")
     ax.set_ylabel("beam accuracy")
     ax.set_title(f"N = {n}")
     ax.legend(fontsize=8)

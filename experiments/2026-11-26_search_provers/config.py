@@ -39,6 +39,9 @@ def get_config(arg=None):
   s.out_dir = str(_HERE)
   s.num_prompts = 100  # test problems
   s.ns = "4,8"
+  # 100 problems x N x C = 3 expansions: 1200 rows hold all of them at
+  # N = 4 and half at N = 8 (768 padded the last chunk by 28 problems).
+  s.batch_rows = 1200
   s.seeds = ""
   s.sweeps = ""
   with c.unlocked():

@@ -8,6 +8,9 @@ Subcommands (from the repository root; W = runs/provers_<name>):
   python $E/run.py qmu --workdir=W                # q_mu on W's labels
   python $E/run.py search --seed=S --provers=weak,same,strong \\
       --out=$E/search_seed<S>.json
+  # or in parts (same problems, samples and beam keys; aggregate.py merges
+  # search_seed<S>*.json): --provers=weak ... then --provers=same,strong
+  # --bok= --no_ref
 
 `qmu` trains the `q_mu` verifier exactly as the verifiers stage does
 (`train_verifier.train`, same config keys, the strong backbone) but only
@@ -202,7 +205,8 @@ beam_lib.select_top = _select
 
 
 def search(seed: int, provers: list[str], out: str, num: int,
-           bok_ks: list[float], do_bon: bool) -> None:
+           bok_ks: list[float], do_bon: bool, ref: bool = True,
+           beam_bok: list[float] | None = None) -> None:
   """Best-of-N and beams with every prover on the same problems and keys."""
   run = _run(BASE)
   config, tok, task = run.config, run.tok, run.task
@@ -250,8 +254,9 @@ def search(seed: int, provers: list[str], out: str, num: int,
     res["seconds"]["bon"] = time.time() - t0
     print("bon", json.dumps(res["bon"]), flush=True)
   cv = CachedVerifier(*vers["prm_q"])
-  beams = [("prm_q", "q", "bok", settings.prover_k, None)]
-  beams += [(f"pav_bo{k:g}", "pav", "bok", k, None) for k in bok_ks]
+  beams = [("prm_q", "q", "bok", settings.prover_k, None)] if ref else []
+  beams += [(f"pav_bo{k:g}", "pav", "bok", k, None)
+            for k in (bok_ks if beam_bok is None else beam_bok)]
   beams += [(f"pav_{name}", "pav", "q_mu", settings.prover_k,
              CachedVerifier(*gp)) for name, gp in mus.items()]
   for name, mode, prover, k, pv in beams:
@@ -304,8 +309,11 @@ def main():
   a.add_argument("--provers", default="weak,same,strong")
   a.add_argument("--out", required=True)
   a.add_argument("--num", type=int, default=100)
-  a.add_argument("--bok", default="1,4,16")
+  a.add_argument("--bok", default="1,4,16", help='"" = no BoK beams')
   a.add_argument("--no_bon", action="store_true")
+  a.add_argument("--no_ref", action="store_true", help="no PRM-Q beam")
+  a.add_argument("--beam_bok", default=None, help="K of the BoK beams "
+                 "(default: --bok)")
   args = ap.parse_args()
   _MESH.append(sharding.make_mesh(dict(_config().mesh)))
   with jax.set_mesh(_MESH[0]):
@@ -321,8 +329,10 @@ def _dispatch(args) -> None:
     qmu(args.workdir)
   else:
     search(args.seed, [x for x in args.provers.split(",") if x], args.out,
-           args.num, [float(x) for x in args.bok.split(",")],
-           not args.no_bon)
+           args.num, [float(x) for x in args.bok.split(",") if x],
+           not args.no_bon, not args.no_ref,
+           None if args.beam_bok is None else
+           [float(x) for x in args.beam_bok.split(",") if x])
 
 
 if __name__ == "__main__":
