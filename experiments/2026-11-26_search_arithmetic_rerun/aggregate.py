@@ -37,7 +37,7 @@ def main():
                    f"({runs[0]['num_prompts']} problems, seeds {seeds})")
   mc_lines = _mc_part(res)
   res_path.write_text(json.dumps(res, indent=2))
-  text = report.tables_md(res) + "\n".join(mc_lines)
+  text = report.tables_md(res) + "\n" + "\n".join(mc_lines)
   (HERE / "tables.md").write_text(text)
   print(text)
 
@@ -79,8 +79,10 @@ def _mc_part(res: dict) -> list[str]:
             f"{d['flops_mean'][i]:.2e}", f"{d['pool_pass_mean'][i]:.3f}",
             f"{d['seconds_mean'][i]:.0f}"])
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Wall per seed {res['mc'][tag]['wall_seconds']} s, CPU "
-              f"{res['mc'][tag]['cpu_seconds']} s (shared 2 cores).", ""]
+    lines += ["", "Wall per seed "
+              f"{[round(x) for x in res['mc'][tag]['wall_seconds']]} s, CPU "
+              f"{[round(x) for x in res['mc'][tag]['cpu_seconds']]} s "
+              "(shared 2 cores).", ""]
     curves = {name: {"acc": d["acc_mean"], "std": d["acc_std"],
                      "flops": d["flops_mean"], "ns": d["ns"]}
               for name, d in agg.items()}

@@ -54,7 +54,7 @@ def main() -> None:
   ap.add_argument("--tag", default="")
   args = ap.parse_args()
   logging.basicConfig(level=logging.INFO,
-                      format="%(asctime)s %(name)s: %(message)s")
+                      format="%(asctime)s %(name)s: %(message)s", force=True)
   logging.getLogger("absl").setLevel(logging.WARNING)
 
   config = _record_config()
