@@ -13,6 +13,14 @@ STEP, EOS, PAD = 4, 2, 0
 CFG = config_lib.ModelConfig.tiny(vocab_size=40).replace(
     num_layers=2, embed_dim=32, hidden_dim=64, head_dim=8, sliding_window=6)
 
+# Jitted once here: op-by-op (eager) calls compile every primitive again for
+# each new shape, which made these tests slow; the values are the same.
+_prefix_values = jax.jit(verifier.prefix_values, static_argnums=0,
+                         static_argnames=("step_id", "eos_id",
+                                          "num_prefixes"))
+_score = jax.jit(verifier.score, static_argnums=0)
+_forward = jax.jit(transformer.forward, static_argnums=0)
+
 
 def _params(design="head"):
   graphdef, state = transformer.split(verifier.create(CFG, 1, design=design))
@@ -61,9 +69,9 @@ def test_one_pass_equals_per_prefix_forward():
   t = tok.shape[1]
   tok = jnp.asarray(tok)
   valid = tok != PAD
-  v, m = verifier.prefix_values(graphdef, params, tok, valid, jnp.array(plens),
-                                step_id=STEP, eos_id=EOS, num_prefixes=8)
-  score = jax.jit(verifier.score, static_argnums=0)
+  v, m = _prefix_values(graphdef, params, tok, valid, jnp.array(plens),
+                        step_id=STEP, eos_id=EOS, num_prefixes=8)
+  score = _score
   for i, r in enumerate(rows):
     ends = [plens[i] - 1] + [j for j in range(plens[i], len(r))
                              if r[j] in (STEP, EOS)]
@@ -81,7 +89,7 @@ def test_one_pass_equals_per_prefix_forward():
 def test_cached_scoring_equals_full_pass():
   """Incremental scoring (new step only) with the verifier's own KV cache."""
   graphdef, params = _params("head")
-  score = jax.jit(verifier.score, static_argnums=0)
+  score = _score
   tok = jax.random.randint(jax.random.key(2), (2, 10), 5, 40)
   valid = jnp.ones_like(tok, bool)
   pos = transformer.positions_from_mask(valid)
@@ -98,8 +106,8 @@ def test_params_from_policy_share_backbone():
   p = verifier.params_from_policy(policy, CFG)
   graphdef, ref = transformer.split(verifier.create(CFG))
   assert jax.tree.structure(p) == jax.tree.structure(ref)
-  logit, _ = verifier.score(graphdef, p, jnp.ones((1, 4), jnp.int32),
-                            jnp.arange(4)[None], jnp.ones((1, 4), bool))
+  logit, _ = _score(graphdef, p, jnp.ones((1, 4), jnp.int32),
+                    jnp.arange(4)[None], jnp.ones((1, 4), bool))
   np.testing.assert_array_equal(logit, 0.0)  # zero head: p = 0.5 everywhere
 
 
@@ -108,17 +116,16 @@ def test_lp_feature_values_equal_a_hand_computation():
   graphdef, params = _params("lp_features")
   rows, plens, tok = _rows(seed=1)
   valid = tok != PAD
-  v, m = verifier.prefix_values(graphdef, params, jnp.asarray(tok),
-                                jnp.asarray(valid), jnp.array(plens),
-                                step_id=STEP, eos_id=EOS, num_prefixes=8)
+  v, m = _prefix_values(graphdef, params, jnp.asarray(tok),
+                        jnp.asarray(valid), jnp.array(plens),
+                        step_id=STEP, eos_id=EOS, num_prefixes=8)
   pgd, _ = transformer.split(transformer.create(CFG))
-  head, _ = verifier.score(graphdef, params, jnp.asarray(tok),
-                           transformer.positions_from_mask(valid),
-                           jnp.asarray(valid))
+  head, _ = _score(graphdef, params, jnp.asarray(tok),
+                   transformer.positions_from_mask(valid), jnp.asarray(valid))
   for i, r in enumerate(rows):
     one = jnp.asarray([r])
     ok = jnp.ones_like(one, bool)
-    logits = np.asarray(transformer.forward(
+    logits = np.asarray(_forward(
         pgd, params["backbone"], one, transformer.positions_from_mask(ok),
         ok)[0][0], np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -138,9 +145,9 @@ def test_lp_cached_extend_equals_one_pass():
   graphdef, params = _params("lp_features")
   rows, plens, tok = _rows(seed=2)
   valid = tok != PAD
-  v, m = verifier.prefix_values(graphdef, params, jnp.asarray(tok),
-                                jnp.asarray(valid), jnp.array(plens),
-                                step_id=STEP, eos_id=EOS, num_prefixes=8)
+  v, m = _prefix_values(graphdef, params, jnp.asarray(tok),
+                        jnp.asarray(valid), jnp.array(plens),
+                        step_id=STEP, eos_id=EOS, num_prefixes=8)
   cv = verifier_cache.CachedVerifier(graphdef, params)
   n = len(rows)
   ptok = np.full((n, max(plens)), PAD, np.int32)
