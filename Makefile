@@ -16,13 +16,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m pav_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
 
+# Two workers, one test file at a time each (a file's shared fixtures and
+# compiled programs are built once), slowest files first (tests/conftest.py).
+XDIST := -n 2 --dist loadscope --no-loadscope-reorder
+
 # The whole suite (CI runs this): lint, then every test, slow ones included.
 test: lint
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest $(XDIST) -q tests
 
 # The quick loop while editing: lint, then all but the `slow`-marked tests.
 test-fast: lint
-	$(PY) -m pytest -n 2 -q -m "not slow" tests
+	$(PY) -m pytest $(XDIST) -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pav_jax tests benchmarks tools configs experiments

@@ -258,10 +258,24 @@ TINY = [
 ]
 
 
+_ENV = {}  # the module's shared compilation cache, set by `compile_cache`
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  """One persistent JAX compilation cache for this module's subprocesses:
+  the runs of a drill compile the same programs, and resume must be
+  bitwise exact with executables loaded from the cache too."""
+  _ENV.update(
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
 def _main(workdir, *extra, check=True):
   cmd = [sys.executable, "-m", "pav_jax.main", "--config=configs/demo.py",
          f"--workdir={workdir}", *TINY, *extra]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")  # one device: fast
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",  # one device
+             **_ENV)
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   if check and proc.returncode != 0:
@@ -276,7 +290,7 @@ def _final_params(workdir):
   return ckpt_lib.load_params_tree(Path(workdir) / "sft" / "params", abstract)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+def test_sigkill_then_resume_equals_uninterrupted(compile_cache, tmp_path):
   steps = ["--config.sft.steps=24", "--config.sft.ckpt_every=8"]
   _main(tmp_path / "a", *steps)
   killed = _main(tmp_path / "b", *steps, "--config.sft.kill_at_step=19",
@@ -301,7 +315,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
      "tokenizer has 320 pieces but the model's vocab_size is 100"),
     ("--config.stages=sft,nope", "unknown stage"),
 ])
-def test_bad_config_fails_with_clear_message(tmp_path, flag, message):
+def test_bad_config_fails_with_clear_message(compile_cache, tmp_path, flag,
+                                             message):
   proc = _main(tmp_path, "--config.sft.steps=1", flag, check=False)
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
