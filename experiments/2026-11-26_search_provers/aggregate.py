@@ -129,10 +129,15 @@ def main() -> None:
   out = {"ns": ns, "seeds": seeds, "table": table, "passk": passk,
          "q_mu": qmu, "runs": runs}
   (HERE / "results.json").write_text(json.dumps(out, indent=2))
-  _plot(table, ns, pass1, bok_pass, passk["pi"]["pass@1"])
+  orm = [_mean_std([r["bon"]["orm"][i] for r in runs if r.get("bon")])[0]
+         for i, _ in enumerate(ns)]
+  _plot(table, ns, pass1, bok_pass, passk["pi"]["pass@1"], orm,
+        runs[0]["num_prompts"])
 
 
-def _plot(table, ns, pass1, bok_pass, q_pi) -> None:
+def _plot(table, ns, pass1, bok_pass, q_pi, orm, num) -> None:
+  """Beam accuracy vs prover pass@1; bars: seed std, or with one seed the
+  binomial s.e. over the `num` problems."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -151,11 +156,14 @@ def _plot(table, ns, pass1, bok_pass, q_pi) -> None:
       pts = [p for p in pts if p[1][0] is not None]
       if pts:
         ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
-                    yerr=[p[1][1] or 0 for p in pts], fmt=style, label=lab,
+                    yerr=[p[1][1] or np.sqrt(p[1][0] * (1 - p[1][0]) / num)
+                          for p in pts], fmt=style, label=lab,
                     capsize=3)
     if "prm_q" in table:
       ax.axhline(table["prm_q"]["beam_acc"][i][0], color="gray", ls=":",
                  label="PRM-Q beam (no prover)")
+    if orm[i] is not None:
+      ax.axhline(orm[i], color="r", ls="-.", label="ORM best-of-N")
     ax.axvline(q_pi, color="k", lw=0.5)
     ax.set_xlabel("prover strength: pass@1 of μ (Bo-K(π): π's pass@K)")
     ax.set_ylabel("beam accuracy")

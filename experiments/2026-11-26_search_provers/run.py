@@ -309,7 +309,7 @@ def main():
   a.add_argument("--provers", default="weak,same,strong")
   a.add_argument("--out", required=True)
   a.add_argument("--num", type=int, default=100)
-  a.add_argument("--bok", default="1,4,16", help='"" = no BoK beams')
+  a.add_argument("--bok", default="1,4,16", help='K of the BoK provers (best-of-N; beams too unless --beam_bok)')
   a.add_argument("--no_bon", action="store_true")
   a.add_argument("--no_ref", action="store_true", help="no PRM-Q beam")
   a.add_argument("--beam_bok", default=None, help="K of the BoK beams "
