@@ -108,7 +108,8 @@ def main() -> None:
                    + "; ORM BoN "
                    + ", ".join(f"N={n} {a:.3f}"
                                for n, a in zip(ns, r["bon"]["orm"])))
-  q_rows = ["| prover | pass@1 (128 test × 8) | mean Q̂^μ (train prefixes) | "
+  q_rows = ["| prover | pass@1 (128 test × 8) | "
+            "mean Q̂^μ (train prefixes) | "
             "mean Q̂^π | corr(Q̂^μ, Q̂^π) | steps with Q̂^μ rising | "
             "q_mu eval corr / MSE vs MC Q̂^μ | outcome AUROC |",
             "|---|---|---|---|---|---|---|---|"]

@@ -74,7 +74,7 @@ _MESH = []
 
 
 def export(src: str, dst: str) -> None:
-  """Params of an SFT train-state checkpoint (`.../checkpoints/<step>/state`)."""
+  """Params of an SFT train-state checkpoint (`<sft>/checkpoints/<n>/state`)."""
   state = ckpt_lib.ocp.StandardCheckpointer().restore(
       pathlib.Path(src).absolute())
   ckpt_lib.save_params(dst, state["params"])
@@ -130,7 +130,7 @@ def qmu(workdir: str) -> None:
       batch_size=vc.batch_size, learning_rate=vc.learning_rate,
       step_id=tok.step_ids, eos_id=tok.eos_id, seed=config.seed,
       ckpt_every=vc.ckpt_every,
-      config_dict=train_verifier._identity_sections(config),  # pylint: disable=protected-access
+      config_dict=train_verifier._identity_sections(config),  # noqa: SLF001
       design=vc.design, rank_weight=vc.rank_weight,
       rank_margin=vc.rank_margin, backbone_lr_scale=vc.backbone_lr_scale,
       group_batches=vc.group_batches)
@@ -309,7 +309,9 @@ def main():
   a.add_argument("--provers", default="weak,same,strong")
   a.add_argument("--out", required=True)
   a.add_argument("--num", type=int, default=100)
-  a.add_argument("--bok", default="1,4,16", help='K of the BoK provers (best-of-N; beams too unless --beam_bok)')
+  a.add_argument("--bok", default="1,4,16",
+                 help="K of the BoK provers (best-of-N; beams unless "
+                 "--beam_bok)")
   a.add_argument("--no_bon", action="store_true")
   a.add_argument("--no_ref", action="store_true", help="no PRM-Q beam")
   a.add_argument("--beam_bok", default=None, help="K of the BoK beams "
