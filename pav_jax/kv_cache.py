@@ -3,7 +3,7 @@
 A cache is a plain pytree with static shapes:
   {'pos': int32 [B, S]  absolute position of each slot, -1 when empty,
    'index': int32 []    next slot to write (shared by all rows),
-   'layers': {'layer_i': {'k': [B, S, K, H], 'v': [B, S, K, H]}}}
+   'layers': {'layer_i': {'k': [B, K, S, H], 'v': [B, K, S, H]}}}
 Rows of different lengths share one write index: padding and tokens of rows
 that are not decoding get position -1 and are never attended to. That keeps
 every write a `dynamic_update_slice` at a scalar offset, and makes forking a
@@ -46,10 +46,10 @@ def shardings(tree: Any, mesh) -> Any:
   """NamedShardings for a row pytree (arrays or ShapeDtypeStructs).
 
   Leaves lead with the row axis; 4-d 'k'/'v' leaves under 'layers' also
-  split their KV-heads axis (2) over 'tensor'; scalars are replicated.
+  split their KV-heads axis (1) over 'tensor'; scalars are replicated.
   """
   def one(path, x):
-    kv = 2 if _is_kv(path) and len(x.shape) == 4 else None
+    kv = 1 if _is_kv(path) and len(x.shape) == 4 else None
     return sharding_lib.rows_sharding(x.shape, mesh, kv)
   return jax.tree_util.tree_map_with_path(one, tree)
 
@@ -93,7 +93,7 @@ def create(cfg: config_lib.ModelConfig, batch: int, size: int, dtype=None,
 
 
 def _make(num_layers, num_kv_heads, head_dim, batch, size, dtype) -> Cache:
-  shape = (batch, size, num_kv_heads, head_dim)
+  shape = (batch, num_kv_heads, size, head_dim)  # heads-major
   return {
       "pos": jnp.full((batch, size), -1, jnp.int32),
       "index": jnp.zeros((), jnp.int32),
