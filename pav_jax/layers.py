@@ -6,7 +6,8 @@ Dimension glossary (suffixes of array names and einsum letters):
   V vocab.
 
 Parameters carry logical axis names in an `axes` metadata field; sharding.py
-maps them onto mesh axes. Modules never import sharding or training code.
+maps them onto mesh axes. Modules never import sharding or training code;
+the KV-cache layout comes from kv_cache.py.
 """
 
 import flax.struct
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pav_jax import config as config_lib
+from pav_jax import kv_cache
 
 # Large finite negative: fully masked rows stay finite.
 _NEG_INF = -2.3819763e38
@@ -136,30 +138,30 @@ def _attend(q_BTKGH: jax.Array, k: jax.Array, v: jax.Array,
   return jnp.einsum(f"BKGTS,{kv_layout}->BTKGH", probs_BKGTS, v.astype(dt))
 
 
-def _attend_one(q_BKGH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array,
+def _attend_one(q_BKGH: jax.Array, k: jax.Array, v: jax.Array,
                 mask_BS: jax.Array, cap: float | None) -> jax.Array:
   """Attention of one query per row over the cache (decode); [B, K, G, H].
 
-  Written as broadcast products and sums over the (batch x kv-head) rows
-  R = B*K (a free reshape of the heads-major cache) rather than as dots:
-  a dot that reads the cache made XLA:CPU copy every layer's K and V on
-  every decode step (the loop carries the cache, and the dot's operand
-  could not share the buffer the update writes); these read it in place.
-  Products and sums are float32.
+  k, v: the cache's buffers as `kv_cache` lays them out, [B, K, S, H], or
+  [B, S, H] for a multi-query cache (K = 1). The dots read those buffers
+  exactly as the decode loop carries them: a reshape in between (a size-1
+  head axis is one) lets XLA fuse the cache write into the dot's operand
+  as well as into the loop's state, and every layer's K and V were then
+  copied twice per step (~20% of decode time on the CPU).
   """
-  b, kh, g, h = q_BKGH.shape
-  s = k_BKSH.shape[2]
-  f32 = jnp.float32
-  q_RGH = q_BKGH.reshape(b * kh, g, h).astype(f32)
-  k_RSH = k_BKSH.reshape(b * kh, s, h)
-  v_RSH = v_BKSH.reshape(b * kh, s, h)
-  logits_RGS = jnp.sum(q_RGH[:, :, None, :] * k_RSH[:, None].astype(f32),
-                       axis=-1)
-  logits_BKGS = soft_cap(logits_RGS.reshape(b, kh, g, s), cap)
+  dt = q_BKGH.dtype
+  if k.ndim == 3:
+    logits_BGS = jnp.einsum("BGH,BSH->BGS", q_BKGH[:, 0], k.astype(dt))
+    logits_BKGS = logits_BGS[:, None].astype(jnp.float32)
+  else:
+    logits_BKGS = jnp.einsum("BKGH,BKSH->BKGS", q_BKGH,
+                             k.astype(dt)).astype(jnp.float32)
+  logits_BKGS = soft_cap(logits_BKGS, cap)
   logits_BKGS = jnp.where(mask_BS[:, None, None], logits_BKGS, _NEG_INF)
-  probs_RGS = jax.nn.softmax(logits_BKGS, axis=-1).reshape(b * kh, g, s)
-  out_RGH = jnp.sum(probs_RGS[..., None] * v_RSH[:, None].astype(f32), axis=2)
-  return out_RGH.reshape(b, kh, g, h).astype(q_BKGH.dtype)
+  probs_BKGS = jax.nn.softmax(logits_BKGS, axis=-1).astype(dt)
+  if k.ndim == 3:
+    return jnp.einsum("BGS,BSH->BGH", probs_BKGS[:, 0], v.astype(dt))[:, None]
+  return jnp.einsum("BKGS,BKSH->BKGH", probs_BKGS, v.astype(dt))
 
 
 class Attention(nnx.Module):
@@ -194,7 +196,7 @@ class Attention(nnx.Module):
       x_BTD: normed inputs.
       ctx: rotary tables and masks of this forward (`attn_context`); the
         masks' key slots already include this call's tokens.
-      kv: {'k': [B,K,S,H], 'v': [B,K,S,H]} (heads-major) or None.
+      kv: {'k', 'v'} buffers of one layer (kv_cache.py layout) or None.
       index: slot where this call's T tokens are written (scalar int).
     """
     dt = x_BTD.dtype
@@ -212,20 +214,14 @@ class Attention(nnx.Module):
                           "BSKH")
       new_kv = None
     else:
-      # The cache is heads-major, [B, K, S, H]: this call's T tokens go to
-      # slots index .. index+T-1 of every head.
-      zero = jnp.zeros((), jnp.int32)
-      start = (zero, zero, index, zero)
-      new_kv = {
-          name: jax.lax.dynamic_update_slice(
-              kv[name], jnp.swapaxes(x_BTKH, 1, 2).astype(kv[name].dtype),
-              start)
-          for name, x_BTKH in (("k", k_BTKH), ("v", v_BTKH))}
+      new_kv = {"k": kv_cache.write(kv["k"], k_BTKH, index),
+                "v": kv_cache.write(kv["v"], v_BTKH, index)}
       if t == 1:
         out_BTKGH = _attend_one(q_BTKGH[:, 0], new_kv["k"], new_kv["v"],
                                 mask_BTS[:, 0], self.soft_cap)[:, None]
       else:
-        out_BTKGH = _attend(q_BTKGH, new_kv["k"], new_kv["v"], mask_BTS,
+        out_BTKGH = _attend(q_BTKGH, kv_cache.heads_major(new_kv["k"]),
+                            kv_cache.heads_major(new_kv["v"]), mask_BTS,
                             self.soft_cap, "BKSH")
     out_BTNH = out_BTKGH.reshape(b, t, n, h)
     out_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_NHD[...].astype(dt))

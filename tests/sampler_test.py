@@ -206,22 +206,23 @@ def test_inverse_cdf_never_emits_zero_probability_tokens():
   assert 0.70 < np.mean(toks[:, 0] == 3) < 0.80
 
 
-def test_decode_updates_the_kv_cache_in_place():
+@pytest.mark.parametrize("num_kv_heads", [1, 2])
+def test_decode_updates_the_kv_cache_in_place(num_kv_heads):
   # The compiled decode loop must not copy a KV-cache buffer per step: each
-  # layer's K/V is read by attention and written at one slot, in place
-  # (attention as a dot on the written buffer made XLA:CPU copy every
-  # layer's cache twice per step, ~20% of decode time; on this multi-query
-  # shape the old code had 8 such copies). Counted on the optimised HLO: no
-  # `copy` of a cache-shaped [B, K, S, H] array.
+  # layer's K/V is written at one slot and read by attention, in place
+  # (the old [B, S, K, H] layout made XLA:CPU copy every layer's cache
+  # twice per step, ~20% of decode time: 8 copies on the multi-query shape
+  # here). Counted on the optimised HLO: no `copy` of a cache-shaped array.
   cfg = config_lib.ModelConfig.tiny(vocab_size=64).replace(
       num_layers=2, embed_dim=64, hidden_dim=128, num_heads=2,
-      num_kv_heads=1, head_dim=32)
+      num_kv_heads=num_kv_heads, head_dim=32)
   graphdef, params = tr.split(tr.create(cfg, seed=3))
   s = sampler_lib.Sampler(graphdef, cfg, cache_size=96, eos_id=EOS,
                           step_id=STEP, pad_id=PAD, buckets=(8,))
   state = s.prefill(params, [[3, 4, 5]] * 8, jax.random.key(0))
   k = state.cache["layers"]["layer_0"]["k"]
-  assert k.shape == (8, 1, 96, 32)  # heads-major
+  # Heads-major; a multi-query cache has no head axis.
+  assert k.shape == ((8, 96, 32) if num_kv_heads == 1 else (8, 2, 96, 32))
   hlo = s._decode.lower(params, state, max_new_tokens=8, stop_at_step=True,
                         mesh=None).compile().as_text()
   shape = "f32[%s]" % ",".join(str(d) for d in k.shape)
