@@ -3,7 +3,11 @@
 A cache is a plain pytree with static shapes:
   {'pos': int32 [B, S]  absolute position of each slot, -1 when empty,
    'index': int32 []    next slot to write (shared by all rows),
-   'layers': {'layer_i': {'k': [B, S, K, H], 'v': [B, S, K, H]}}}
+   'layers': {'layer_i': {'k': [B, K, S, H], 'v': [B, K, S, H]}}}
+with k/v heads-major, and [B, S, H] (no head axis) when K == 1 (multi-query):
+the decode attention reads these buffers as dots with no reshape in between,
+which keeps XLA from copying them on every step (see layers._attend_one);
+`write` and `heads_major` hide the difference.
 Rows of different lengths share one write index: padding and tokens of rows
 that are not decoding get position -1 and are never attended to. That keeps
 every write a `dynamic_update_slice` at a scalar offset, and makes forking a
@@ -46,10 +50,10 @@ def shardings(tree: Any, mesh) -> Any:
   """NamedShardings for a row pytree (arrays or ShapeDtypeStructs).
 
   Leaves lead with the row axis; 4-d 'k'/'v' leaves under 'layers' also
-  split their KV-heads axis (2) over 'tensor'; scalars are replicated.
+  split their KV-heads axis (1) over 'tensor'; scalars are replicated.
   """
   def one(path, x):
-    kv = 2 if _is_kv(path) and len(x.shape) == 4 else None
+    kv = 1 if _is_kv(path) and len(x.shape) == 4 else None
     return sharding_lib.rows_sharding(x.shape, mesh, kv)
   return jax.tree_util.tree_map_with_path(one, tree)
 
@@ -93,7 +97,8 @@ def create(cfg: config_lib.ModelConfig, batch: int, size: int, dtype=None,
 
 
 def _make(num_layers, num_kv_heads, head_dim, batch, size, dtype) -> Cache:
-  shape = (batch, size, num_kv_heads, head_dim)
+  shape = ((batch, num_kv_heads, size, head_dim) if num_kv_heads > 1
+           else (batch, size, head_dim))
   return {
       "pos": jnp.full((batch, size), -1, jnp.int32),
       "index": jnp.zeros((), jnp.int32),
@@ -112,6 +117,23 @@ def _sharded_maker(num_layers, num_kv_heads, head_dim, batch, size, dtype,
   make = functools.partial(_make, num_layers, num_kv_heads, head_dim, batch,
                            size, dtype)
   return jax.jit(make, out_shardings=shardings(jax.eval_shape(make), mesh))
+
+
+def write(buf: jax.Array, x_BTKH: jax.Array, index: jax.Array) -> jax.Array:
+  """Writes T tokens' keys or values [B, T, K, H] at slots index..index+T-1
+  of one layer's buffer (either layout)."""
+  zero = jnp.zeros((), jnp.int32)
+  if buf.ndim == 3:
+    return jax.lax.dynamic_update_slice(
+        buf, x_BTKH[:, :, 0].astype(buf.dtype), (zero, index, zero))
+  return jax.lax.dynamic_update_slice(
+      buf, jnp.swapaxes(x_BTKH, 1, 2).astype(buf.dtype),
+      (zero, zero, index, zero))
+
+
+def heads_major(buf: jax.Array) -> jax.Array:
+  """One layer's buffer as [B, K, S, H] (a view for K == 1)."""
+  return buf[:, None] if buf.ndim == 3 else buf
 
 
 def _fork(tree, n: int = 1):

@@ -6,14 +6,17 @@ Dimension glossary (suffixes of array names and einsum letters):
   V vocab.
 
 Parameters carry logical axis names in an `axes` metadata field; sharding.py
-maps them onto mesh axes. Modules never import sharding or training code.
+maps them onto mesh axes. Modules never import sharding or training code;
+the KV-cache layout comes from kv_cache.py.
 """
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from pav_jax import config as config_lib
+from pav_jax import kv_cache
 
 # Large finite negative: fully masked rows stay finite.
 _NEG_INF = -2.3819763e38
@@ -47,17 +50,28 @@ class RMSNorm(nnx.Module):
     return y.astype(x.dtype)
 
 
+def rope_tables(pos_BT: jax.Array, head_dim: int, base: float
+                ) -> tuple[jax.Array, jax.Array]:
+  """(sin, cos) of the rotary angles, each [B, T, 1, H/2], float32."""
+  # As HF.
+  freq_H2 = 1.0 / (base ** (
+      jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angle_BTH2 = pos_BT.astype(jnp.float32)[..., None] * freq_H2[None, None]
+  return jnp.sin(angle_BTH2)[:, :, None, :], jnp.cos(angle_BTH2)[:, :, None, :]
+
+
+def rotate(x_BTNH: jax.Array, sin_BT1H2: jax.Array, cos_BT1H2: jax.Array
+           ) -> jax.Array:
+  """Applies rotary tables from `rope_tables` (half-split convention)."""
+  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos_BT1H2 - x2 * sin_BT1H2,
+                         x2 * cos_BT1H2 + x1 * sin_BT1H2], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
 def apply_rope(x_BTNH: jax.Array, pos_BT: jax.Array, base: float) -> jax.Array:
   """Rotary embedding, half-split convention (as Gemma / HF Gemma2)."""
-  h = x_BTNH.shape[-1]
-  # As HF.
-  freq_H2 = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-  angle_BTH2 = pos_BT.astype(jnp.float32)[..., None] * freq_H2[None, None]
-  sin = jnp.sin(angle_BTH2)[:, :, None, :]
-  cos = jnp.cos(angle_BTH2)[:, :, None, :]
-  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BTNH.dtype)
+  return rotate(x_BTNH, *rope_tables(pos_BT, x_BTNH.shape[-1], base))
 
 
 def attention_mask(
@@ -74,6 +88,80 @@ def attention_mask(
   if window is not None:
     mask_BTS &= (q - k) < window
   return mask_BTS
+
+
+@flax.struct.dataclass
+class AttnContext:
+  """What every layer of one forward shares, computed once per forward.
+
+  sin/cos: rotary tables of this call's tokens ([B, T, 1, H/2]).
+  global_BTS / local_BTS: the masks of global and sliding-window layers
+    (local None when no layer has a window); S is the key slots (the
+    cache's, with this call's tokens written; without a cache S = T).
+  """
+
+  sin_BT1H2: jax.Array
+  cos_BT1H2: jax.Array
+  global_BTS: jax.Array
+  local_BTS: jax.Array | None
+
+  def mask(self, window: int | None) -> jax.Array:
+    return self.global_BTS if window is None else self.local_BTS
+
+
+def attn_context(cfg: config_lib.ModelConfig, pos_BT: jax.Array,
+                 kpos_BS: jax.Array) -> AttnContext:
+  """Rotary tables and masks for one forward (see AttnContext)."""
+  sin, cos = rope_tables(pos_BT, cfg.head_dim, cfg.rope_base)
+  has_local = any(cfg.is_local(i) for i in range(cfg.num_layers))
+  return AttnContext(
+      sin_BT1H2=sin, cos_BT1H2=cos,
+      global_BTS=attention_mask(pos_BT, kpos_BS, None),
+      local_BTS=(attention_mask(pos_BT, kpos_BS, cfg.sliding_window)
+                 if has_local else None))
+
+
+def _attend(q_BTKGH: jax.Array, k: jax.Array, v: jax.Array,
+            mask_BTS: jax.Array, cap: float | None, kv_layout: str
+            ) -> jax.Array:
+  """Soft-capped, masked attention of T queries per row; [B, T, K, G, H].
+
+  `kv_layout` names the axes of k and v: "BSKH" (this call's own keys) or
+  "BKSH" (the cache).
+  """
+  dt = q_BTKGH.dtype
+  logits_BKGTS = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", q_BTKGH,
+                            k.astype(dt)).astype(jnp.float32)
+  logits_BKGTS = soft_cap(logits_BKGTS, cap)
+  logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, _NEG_INF)
+  probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(dt)
+  return jnp.einsum(f"BKGTS,{kv_layout}->BTKGH", probs_BKGTS, v.astype(dt))
+
+
+def _attend_one(q_BKGH: jax.Array, k: jax.Array, v: jax.Array,
+                mask_BS: jax.Array, cap: float | None) -> jax.Array:
+  """Attention of one query per row over the cache (decode); [B, K, G, H].
+
+  k, v: the cache's buffers as `kv_cache` lays them out, [B, K, S, H], or
+  [B, S, H] for a multi-query cache (K = 1). The dots read those buffers
+  exactly as the decode loop carries them: a reshape in between (a size-1
+  head axis is one) lets XLA fuse the cache write into the dot's operand
+  as well as into the loop's state, and every layer's K and V were then
+  copied twice per step (~20% of decode time on the CPU).
+  """
+  dt = q_BKGH.dtype
+  if k.ndim == 3:
+    logits_BGS = jnp.einsum("BGH,BSH->BGS", q_BKGH[:, 0], k.astype(dt))
+    logits_BKGS = logits_BGS[:, None].astype(jnp.float32)
+  else:
+    logits_BKGS = jnp.einsum("BKGH,BKSH->BKGS", q_BKGH,
+                             k.astype(dt)).astype(jnp.float32)
+  logits_BKGS = soft_cap(logits_BKGS, cap)
+  logits_BKGS = jnp.where(mask_BS[:, None, None], logits_BKGS, _NEG_INF)
+  probs_BKGS = jax.nn.softmax(logits_BKGS, axis=-1).astype(dt)
+  if k.ndim == 3:
+    return jnp.einsum("BGS,BSH->BGH", probs_BKGS[:, 0], v.astype(dt))[:, None]
+  return jnp.einsum("BKGS,BKSH->BKGH", probs_BKGS, v.astype(dt))
 
 
 class Attention(nnx.Module):
@@ -94,13 +182,11 @@ class Attention(nnx.Module):
     self.window = cfg.sliding_window if cfg.is_local(layer) else None
     self.query_scale = cfg.query_scale
     self.soft_cap = cfg.attn_logits_soft_cap
-    self.rope_base = cfg.rope_base
 
   def __call__(
       self,
       x_BTD: jax.Array,
-      pos_BT: jax.Array,
-      kpos_BS: jax.Array,
+      ctx: AttnContext,
       kv: dict | None,
       index: jax.Array | None,
   ) -> tuple[jax.Array, dict | None]:
@@ -108,42 +194,35 @@ class Attention(nnx.Module):
 
     Args:
       x_BTD: normed inputs.
-      pos_BT: absolute positions of the T tokens.
-      kpos_BS: positions of the key slots, -1 for empty ones. Without a
-        cache S == T and these are the tokens' own positions (or -1 for
-        padding); with a cache they already include this call's tokens.
-      kv: {'k': [B,S,K,H], 'v': [B,S,K,H]} or None.
+      ctx: rotary tables and masks of this forward (`attn_context`); the
+        masks' key slots already include this call's tokens.
+      kv: {'k', 'v'} buffers of one layer (kv_cache.py layout) or None.
       index: slot where this call's T tokens are written (scalar int).
     """
     dt = x_BTD.dtype
     q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dt))
     k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_DKH[...].astype(dt))
     v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.v_DKH[...].astype(dt))
-    q_BTNH = apply_rope(q_BTNH, pos_BT, self.rope_base) * jnp.asarray(
-        self.query_scale, dt
-    )
-    k_BTKH = apply_rope(k_BTKH, pos_BT, self.rope_base)
-    if kv is None:
-      k_BSKH, v_BSKH, new_kv = k_BTKH, v_BTKH, None
-    else:
-      zero = jnp.zeros((), jnp.int32)
-      start = (zero, index, zero, zero)
-      k_BSKH = jax.lax.dynamic_update_slice(
-          kv["k"], k_BTKH.astype(kv["k"].dtype), start)
-      v_BSKH = jax.lax.dynamic_update_slice(
-          kv["v"], v_BTKH.astype(kv["v"].dtype), start)
-      new_kv = {"k": k_BSKH, "v": v_BSKH}
+    q_BTNH = rotate(q_BTNH, ctx.sin_BT1H2, ctx.cos_BT1H2) * jnp.asarray(
+        self.query_scale, dt)
+    k_BTKH = rotate(k_BTKH, ctx.sin_BT1H2, ctx.cos_BT1H2)
     b, t, n, h = q_BTNH.shape
-    g = n // self.num_kv_heads
-    q_BTKGH = q_BTNH.reshape(b, t, self.num_kv_heads, g, h)
-    logits_BKGTS = jnp.einsum(
-        "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH.astype(dt)
-    ).astype(jnp.float32)
-    logits_BKGTS = soft_cap(logits_BKGTS, self.soft_cap)
-    mask_BTS = attention_mask(pos_BT, kpos_BS, self.window)
-    logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, _NEG_INF)
-    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(dt)
-    out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH.astype(dt))
+    q_BTKGH = q_BTNH.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
+    mask_BTS = ctx.mask(self.window)
+    if kv is None:
+      out_BTKGH = _attend(q_BTKGH, k_BTKH, v_BTKH, mask_BTS, self.soft_cap,
+                          "BSKH")
+      new_kv = None
+    else:
+      new_kv = {"k": kv_cache.write(kv["k"], k_BTKH, index),
+                "v": kv_cache.write(kv["v"], v_BTKH, index)}
+      if t == 1:
+        out_BTKGH = _attend_one(q_BTKGH[:, 0], new_kv["k"], new_kv["v"],
+                                mask_BTS[:, 0], self.soft_cap)[:, None]
+      else:
+        out_BTKGH = _attend(q_BTKGH, kv_cache.heads_major(new_kv["k"]),
+                            kv_cache.heads_major(new_kv["v"]), mask_BTS,
+                            self.soft_cap, "BKSH")
     out_BTNH = out_BTKGH.reshape(b, t, n, h)
     out_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_NHD[...].astype(dt))
     return out_BTD, new_kv
@@ -179,8 +258,8 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs=rngs)
     self.post_ffw_norm = RMSNorm(d, eps, rngs=rngs)
 
-  def __call__(self, x_BTD, pos_BT, kpos_BS, kv, index):
-    h_BTD, kv = self.attn(self.pre_attn_norm(x_BTD), pos_BT, kpos_BS, kv, index)
+  def __call__(self, x_BTD, ctx: AttnContext, kv, index):
+    h_BTD, kv = self.attn(self.pre_attn_norm(x_BTD), ctx, kv, index)
     x_BTD = x_BTD + self.post_attn_norm(h_BTD)
     h_BTD = self.mlp(self.pre_ffw_norm(x_BTD))
     x_BTD = x_BTD + self.post_ffw_norm(h_BTD)

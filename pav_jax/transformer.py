@@ -50,13 +50,14 @@ class Transformer(nnx.Module):
       index = cache["index"]
       kpos_BS = jax.lax.dynamic_update_slice(
           cache["pos"], kpos_BT, (jnp.zeros((), jnp.int32), index))
+    ctx = layers.attn_context(self.cfg, pos_BT, kpos_BS)
     new_layers = {}
     for i, block in enumerate(self.blocks):
       kv = None if cache is None else cache["layers"][f"layer_{i}"]
       if self.cfg.remat and cache is None:
-        x_BTD, kv = nnx.remat(_run_block)(block, x_BTD, pos_BT, kpos_BS)
+        x_BTD, kv = nnx.remat(_run_block)(block, x_BTD, ctx)
       else:
-        x_BTD, kv = block(x_BTD, pos_BT, kpos_BS, kv, index)
+        x_BTD, kv = block(x_BTD, ctx, kv, index)
       new_layers[f"layer_{i}"] = kv
     x_BTD = self.final_norm(x_BTD)
     if cache is None:
@@ -80,8 +81,8 @@ class Transformer(nnx.Module):
     return self.logits(x_BTD), cache
 
 
-def _run_block(block, x_BTD, pos_BT, kpos_BS):
-  return block(x_BTD, pos_BT, kpos_BS, None, None)
+def _run_block(block, x_BTD, ctx):
+  return block(x_BTD, ctx, None, None)
 
 
 # Backward-compatible names; the cache API lives in kv_cache.py.

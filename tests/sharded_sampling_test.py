@@ -64,7 +64,7 @@ def test_generate_splits_rows_and_matches_one_device(model, mesh_shape):
   _assert_rows_split(out.tokens_BN, 16, mesh_shape)
   _assert_rows_split(out.state, 16, mesh_shape)
   k = out.state.cache["layers"]["layer_0"]["k"]
-  heads = {s.data.shape[2] for s in k.addressable_shards}
+  heads = {s.data.shape[1] for s in k.addressable_shards}
   assert heads == {cfg.num_kv_heads // mesh_shape.get("tensor", 1)}
   # Params follow the training rules (embed over tensor x fsdp when set).
   emb = s.place_params(params)["embed_VD"]
@@ -132,14 +132,14 @@ def test_kv_cache_create_fork_take_sharded(model):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   cache = kv_cache.create(cfg, 8, 16, mesh=mesh)
   k = cache["layers"]["layer_1"]["v"]
-  assert k.shape == (8, 16, 2, 8)
+  assert k.shape == (8, 2, 16, 8)  # heads-major [B, K, S, H]
   # Each device allocates a quarter of the rows and half of the KV heads.
-  assert {s.data.shape for s in k.addressable_shards} == {(2, 16, 1, 8)}
+  assert {s.data.shape for s in k.addressable_shards} == {(2, 1, 16, 8)}
   assert cache["index"].sharding.is_fully_replicated
   forked = kv_cache.fork(cache, 2)
   assert {s.data.shape for s in
           forked["layers"]["layer_1"]["v"].addressable_shards} == {
-              (4, 16, 1, 8)}
+              (4, 1, 16, 8)}
   taken = kv_cache.take(forked, jnp.arange(4))
   assert {s.data.shape[0] for s in taken["pos"].addressable_shards} == {1}
   # Unsharded: the same values as the single-device cache.

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from pav_jax import config as config_lib
+from pav_jax import kv_cache
 from pav_jax import transformer
 from pav_jax.didactic import env as env_lib
 
@@ -61,7 +62,8 @@ def automaton_lm(env: env_lib.Env, gamma: float):
       z0_B = jnp.zeros((b,), jnp.int32)
       if cache is not None:
         pos_BS = cache["pos"]
-        zs_BS = cache["layers"]["layer_0"]["k"][:, :, 0, 0].astype(jnp.int32)
+        zs_BS = kv_cache.heads_major(cache["layers"]["layer_0"]["k"])[
+            :, 0, :, 0].astype(jnp.int32)
         last_B = jnp.argmax(pos_BS, axis=1)
         last_z_B = jnp.take_along_axis(zs_BS, last_B[:, None], 1)[:, 0]
         z0_B = jnp.where(jnp.any(pos_BS >= 0, axis=1), last_z_B, 0)
@@ -79,16 +81,16 @@ def automaton_lm(env: env_lib.Env, gamma: float):
       index = cache["index"]
       kpos_BT = jnp.where(valid_BT, pos_BT, -1).astype(jnp.int32)
       zero = jnp.zeros((), jnp.int32)
-      k_BSKH = cache["layers"]["layer_0"]["k"]
-      upd_BTKH = jnp.broadcast_to(z_BT.astype(k_BSKH.dtype)[:, :, None, None],
-                                  z_BT.shape + k_BSKH.shape[2:])
+      k_buf = cache["layers"]["layer_0"]["k"]
+      hd = k_buf.shape[-1]
+      upd_BTKH = jnp.broadcast_to(z_BT.astype(k_buf.dtype)[:, :, None, None],
+                                  z_BT.shape + (1, hd))
       new = {
           "pos": jax.lax.dynamic_update_slice(cache["pos"], kpos_BT,
                                               (zero, index)),
           "index": index + tokens_BT.shape[1],
           "layers": {"layer_0": {
-              "k": jax.lax.dynamic_update_slice(
-                  k_BSKH, upd_BTKH, (zero, index, zero, zero)),
+              "k": kv_cache.write(k_buf, upd_BTKH, index),
               "v": cache["layers"]["layer_0"]["v"]}},
       }
       return out_BTV, new
