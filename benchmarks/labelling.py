@@ -6,6 +6,14 @@ tiny preset (random init, small vocabulary so steps and EOS are frequent).
 Each configuration runs once to compile, then is timed.
 
   python benchmarks/labelling.py [--n_mc=4,16,64] [--prompts=8]
+
+With `--workdir=W` it instead labels the demo config's first `--prompts`
+train prompts with the policy of W (its tokenizer and sft/ params, e.g. a
+finished `make demo` workdir) and the config's own label settings (n_cov,
+n_mc, step and token budgets; `--config`, default configs/demo.py), nothing
+written: labelled prefixes per second, the stage's own measure. Timed
+`--repeats` times after a compiling call; prints the median. To compare two
+code versions, run it with `PYTHONPATH=<other checkout>` in turn.
 """
 
 import argparse
@@ -23,12 +31,52 @@ from pav_jax import transformer
 BOS, EOS, STEP = 1, 2, 4
 
 
+def demo_config(args) -> None:
+  """Labelled prefixes/s of the demo config's label stage (see docstring)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from pav_jax import run_lib  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("cfg", args.config)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config()
+  run = run_lib.make_run(config, args.workdir, None)
+  graphdef, params = run.load_policy()
+  sampler = run.sampler(graphdef, cache_size=config.label.cache_size)
+  exs = run.examples("train", args.prompts, "label_train")
+  prompts = run.encode_prompts(exs)
+  lc = labelling.label_config(config)
+
+  def grade(i, ids):
+    return run.task.grade(exs[i], run.tok.decode(ids))
+
+  def once():
+    t0 = time.perf_counter()
+    arr, b = labelling.label_chunk(sampler, params, prompts, grade,
+                                   run.key("label_train"), lc)
+    return time.perf_counter() - t0, int((arr["count_NP"] > 0).sum()), b
+
+  once()  # compile
+  runs = [once() for _ in range(args.repeats)]
+  dt = float(np.median([r[0] for r in runs]))
+  n_pref, b = runs[0][1], runs[0][2]
+  print(f"# {time.strftime('%Y-%m-%d')} {labelling.__file__}")
+  print(f"demo labelling: {len(prompts)} prompts, n_cov={lc.n_cov}, "
+        f"n_mc={lc.n_mc}: {n_pref} prefixes, {b.sampled_tokens} sampled tok; "
+        f"median {dt:.2f} s of {args.repeats} -> {n_pref / dt:.1f} "
+        f"prefixes/s, {b.sampled_tokens / dt:.0f} sampled tok/s")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--n_mc", default="4,16,64")
   ap.add_argument("--prompts", type=int, default=8)
   ap.add_argument("--n_cov", type=int, default=2)
+  ap.add_argument("--workdir", default="")
+  ap.add_argument("--config", default="configs/demo.py")
+  ap.add_argument("--repeats", type=int, default=3)
   args = ap.parse_args()
+  if args.workdir:
+    return demo_config(args)
   cfg = config_lib.ModelConfig.tiny(vocab_size=16)
   graphdef, params = transformer.split(transformer.create(cfg, seed=0))
   sampler = sampler_lib.Sampler(graphdef, cfg, cache_size=160, eos_id=EOS,
