@@ -17,6 +17,7 @@ code versions, run it with `PYTHONPATH=<other checkout>` in turn.
 """
 
 import argparse
+import dataclasses
 import platform
 import time
 
@@ -39,12 +40,15 @@ def demo_config(args) -> None:
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = mod.get_config()
-  run = run_lib.make_run(config, args.workdir, None)
+  from pav_jax import sharding  # pylint: disable=g-import-not-at-top
+  run = run_lib.make_run(config, args.workdir,
+                         sharding.make_mesh(dict(config.mesh)))
   graphdef, params = run.load_policy()
   sampler = run.sampler(graphdef, cache_size=config.label.cache_size)
   exs = run.examples("train", args.prompts, "label_train")
   prompts = run.encode_prompts(exs)
-  lc = labelling.label_config(config)
+  lc = dataclasses.replace(labelling.label_config(config),
+                           prompts_per_chunk=len(prompts))
 
   def grade(i, ids):
     return run.task.grade(exs[i], run.tok.decode(ids))
