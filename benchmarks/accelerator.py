@@ -18,9 +18,11 @@ Tiny mode runs the same code on `ModelConfig.tiny` with small sizes so the
 script cannot rot. Every figure is printed as a markdown table row.
 """
 
+import importlib.metadata
 import os
 import platform
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -199,23 +201,66 @@ def bench_labelling(graphdef, params, rng) -> None:
         f"{budget.sampled_tokens / t:,.0f} |", flush=True)
 
 
+def _versions() -> str:
+  out = []
+  for name in ("flax", "optax", "orbax-checkpoint", "jaxlib"):
+    try:
+      out.append(f"{name} {importlib.metadata.version(name)}")
+    except importlib.metadata.PackageNotFoundError:
+      out.append(f"{name} ?")
+  return ", ".join(out)
+
+
+def _peak_memory() -> str:
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" not in stats:
+    return "n/a"
+  return f"{stats['peak_bytes_in_use'] / 2**30:.1f} GiB"
+
+
+def _stage(name: str, fn) -> None:
+  """Runs one part; a failure prints its traceback and the run goes on, so
+  one broken part never costs the others' figures (device time is scarce)."""
+  t0 = time.perf_counter()
+  try:
+    fn()
+  except Exception:  # pylint: disable=broad-except
+    print(f"\n!! {name} failed:")
+    traceback.print_exc()
+  print(f"[{name}: {time.perf_counter() - t0:.0f} s incl. compile; peak "
+        f"device memory so far {_peak_memory()}]", flush=True)
+
+
 def main() -> None:
   t_start = time.perf_counter()
   dev = jax.devices()[0]
   print(f"# pav_jax accelerator benchmark ({'tiny' if TINY else 'gemma2_2b'})"
         f"\njax {jax.__version__}, {jax.device_count()} x {dev.device_kind} "
         f"({dev.platform}), host {platform.node()}, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}")
+        f"{time.strftime('%Y-%m-%d %H:%M')}\n{_versions()}")
   print(f"model: {CFG.num_params() / 1e6:,.1f}M params, dtype {CFG.dtype}")
   mm = matmul_tflops()
   print(f"measured bf16 matmul ({MATMUL_N}^3): {mm:.2f} TFLOP/s; "
-        f"peak used for MFU: {peak_tflops()}")
+        f"peak used for MFU: {peak_tflops()}", flush=True)
   rng = np.random.default_rng(0)
-  graphdef, params = bf16_params()
-  bench_sampler(graphdef, params, rng)
-  bench_labelling(graphdef, params, rng)
-  del params
-  bench_train(rng, mm)
+  held = {}
+
+  def make_params():
+    held["graphdef"], held["params"] = bf16_params()
+    jax.block_until_ready(held["params"])
+
+  # Cheapest and most wanted first: a run cut short by its time limit still
+  # has the sampler; the labelling chunk (several compiles) goes last.
+  _stage("params", make_params)
+  if "params" in held:
+    _stage("sampler", lambda: bench_sampler(held["graphdef"],
+                                            held["params"], rng))
+  held.clear()  # the train state needs the memory
+  _stage("train", lambda: bench_train(rng, mm))
+  _stage("params again", make_params)
+  if "params" in held:
+    _stage("labelling", lambda: bench_labelling(held["graphdef"],
+                                                held["params"], rng))
   print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
 
 
