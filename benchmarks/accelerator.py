@@ -19,6 +19,7 @@ script cannot rot. Every figure is printed as a markdown table row.
 """
 
 import importlib.metadata
+import math
 import os
 import platform
 import time
@@ -42,6 +43,7 @@ TINY = os.environ.get("PAV_BENCH_TINY", "") not in ("", "0")
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "v5e": 197.0,
          "v5p": 459.0, "v4": 275.0}
 NO_STOP = -1
+PARTS = os.environ.get("PAV_BENCH_PARTS", "sampler,train,labelling").split(",")
 
 if TINY:
   CFG = config_lib.ModelConfig.tiny(vocab_size=256).replace(dtype="bfloat16")
@@ -88,21 +90,66 @@ def peak_tflops() -> float | None:
   return None
 
 
-def bf16_params():
-  """Random params created on device (sharded on a multi-device mesh)."""
-  graphdef, abstract = transformer.abstract_params(CFG)
+def filled(abstract, shardings=None):
+  """Deterministic pseudo-random values of the abstract tree's shapes.
 
-  def init():
-    _, p = transformer.split(transformer.create(CFG, seed=0))
-    return jax.tree.map(lambda x: x.astype(jnp.bfloat16), p)
+  No PRNG: on an H100 (jax 0.11.2) XLA took 5 min 12 s to compile the
+  jitted random init of the 2.6B-param model (nnx initialisers), a third
+  of the device time lent to a session; sin of an iota compiles at once.
+  """
+  leaves, treedef = jax.tree.flatten(abstract)
 
-  mesh = sharding_lib.current_mesh()
-  if mesh is None:
-    return graphdef, jax.jit(init)()
+  def fill():
+    out = []
+    for i, x in enumerate(leaves):
+      n = math.prod(x.shape)
+      v = jnp.sin(jnp.arange(n, dtype=jnp.float32) * 12.9898 + i) * 0.02
+      out.append(v.reshape(x.shape).astype(x.dtype))
+    return jax.tree.unflatten(treedef, out)
+
+  return jax.jit(fill, out_shardings=shardings)()
+
+
+def _abstract_model():
   model = nnx.eval_shape(lambda: transformer.create(CFG))
-  sh = sharding_lib.param_shardings(sharding_lib.logical_axes(model),
-                                    abstract, mesh)
-  return graphdef, jax.jit(init, out_shardings=sh)()
+  graphdef, state = nnx.split(model, nnx.Param)
+  return model, graphdef, nnx.to_pure_dict(state)
+
+
+def bf16_params():
+  """Filled params in bf16 (sharded on the current mesh if there is one)."""
+  model, graphdef, abstract = _abstract_model()
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), abstract)
+  mesh = sharding_lib.current_mesh()
+  sh = None if mesh is None else sharding_lib.param_shardings(
+      sharding_lib.logical_axes(model), abstract, mesh)
+  return graphdef, filled(abstract, sh)
+
+
+def train_state(tx, mesh):
+  """(state, shardings, graphdef) as `train_lib.init_state` lays them out,
+  with filled params (see `filled`)."""
+  model, graphdef, abstract = _abstract_model()
+  params_sh = sharding_lib.param_shardings(sharding_lib.logical_axes(model),
+                                           abstract, mesh)
+  rep = sharding_lib.replicated(mesh)
+  shardings = {
+      "params": params_sh,
+      "opt_state": sharding_lib.opt_state_shardings(tx, abstract, params_sh,
+                                                    mesh),
+      "step": rep,
+      "rng": rep,
+  }
+
+  def init(params):
+    return {"params": params, "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(0))}
+
+  state = jax.jit(init, out_shardings=shardings, donate_argnums=0)(
+      filled(abstract, params_sh))
+  return state, shardings, graphdef
 
 
 def bench_sampler(graphdef, params, rng) -> None:
@@ -132,8 +179,7 @@ def bench_train(rng, mm: float) -> None:
       devices=jax.devices()[:1])
   tx = train_lib.make_optimizer(train_lib.OptimConfig(
       learning_rate=1e-5, warmup_steps=1, total_steps=10))
-  state, shardings, graphdef = train_lib.init_state(
-      lambda: transformer.create(CFG), tx, mesh, seed=0)
+  state, shardings, graphdef = train_state(tx, mesh)
 
   def loss_fn(graphdef, params, batch, rng):
     del rng
@@ -220,7 +266,10 @@ def _peak_memory() -> str:
 
 def _stage(name: str, fn) -> None:
   """Runs one part; a failure prints its traceback and the run goes on, so
-  one broken part never costs the others' figures (device time is scarce)."""
+  one broken part never costs the others' figures (device time is scarce).
+  $PAV_BENCH_PARTS (default sampler,train,labelling) picks the parts."""
+  if name.split()[0] not in PARTS + ["params"]:
+    return
   t0 = time.perf_counter()
   try:
     fn()
@@ -251,13 +300,15 @@ def main() -> None:
 
   # Cheapest and most wanted first: a run cut short by its time limit still
   # has the sampler; the labelling chunk (several compiles) goes last.
-  _stage("params", make_params)
+  if "sampler" in PARTS:
+    _stage("params", make_params)
   if "params" in held:
     _stage("sampler", lambda: bench_sampler(held["graphdef"],
                                             held["params"], rng))
   held.clear()  # the train state needs the memory
   _stage("train", lambda: bench_train(rng, mm))
-  _stage("params again", make_params)
+  if "labelling" in PARTS:
+    _stage("params again", make_params)
   if "params" in held:
     _stage("labelling", lambda: bench_labelling(held["graphdef"],
                                                 held["params"], rng))
