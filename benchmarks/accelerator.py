@@ -3,8 +3,9 @@
   python benchmarks/accelerator.py            # gemma2_2b shape, bf16
   PAV_BENCH_TINY=1 python benchmarks/accelerator.py   # tiny shape, any CPU
 
-Full mode (one H100/H200, <= ~6 min): the `gemma2_2b` shape with random
-weights stored in bf16 (compute bf16);
+Full mode (one H100/H200; ~3 min on an H100 80GB incl. compiles, figures in
+benchmarks/README.md): the `gemma2_2b` shape with weights filled by
+`filled` (no PRNG) and stored in bf16 (compute bf16);
   1. `Sampler.generate` tokens/s at batch 64 and 256, prompt 256, 256 new
      tokens, temperature 1, no early stop (compile excluded; best of 2);
   2. one SFT train step (`train_lib.make_train_step`, AdamW, remat) on
