@@ -3,11 +3,13 @@
 Data flow (one chunk of prompts, all shapes static so decode compiles a few
 times per run):
 
-  prefill prompts once ─ fork n_mc ─> continuations of s_1 (question only)
-        └ fork n_cov ─> seed rows ─ decode one step (stop_at_step) ─┐
-                ^                                                    │
-                └──── rows still running ─ fork n_mc ─> continuations of
-                      s_{h+1} (the state after a step *is* its prefix cache)
+  prefill prompts once ─ fork n_cov ─> seed rows ─ decode one step
+        (stop_at_step) at a time; rows still running after step h give
+        prefix s_{h+1} (s_1: the prompt) ─┐
+                                          v
+  the seeds' final KV cache holds every prefix: each prefix's n_mc
+  continuations are rewound from it into one continuous-batching pool
+  (`mc_pool`), decoded a few tokens at a time with finished rows refilled
 
 Q̂(s) = fraction of a prefix's n_mc continuations graded correct. A step that
 ends with EOS closes the trajectory: its value is the outcome itself (exact,
@@ -15,6 +17,14 @@ no rollouts). Continuations of a *different* model μ (a checkpoint prover)
 cannot reuse π's cache: each prefix is prefilled once by μ and forked n_mc.
 `mode="reprefill"` instead prefills every continuation separately: the
 baseline of the forking benchmark, and the reference of the equality test.
+The adaptive MC budget labels one step at a time, forking a state of that
+step's prefixes rewound from the seeds (`mc_pool.prefix_state`). Whatever
+the path, draw i of prefix h of row r has the key `mc_values.mc_keys`
+gives it, so the labels do not depend on the batching: the pooled fork,
+the per-step fork and re-prefilling give the same Q̂ (tests). The pool cuts
+a continuation at the response budget (max_new_tokens minus the prefix's
+response: later tokens are never graded) and skips the padding prompts'
+rows, so its `Budget.sampled_tokens` is the tokens that count.
 
 A step ends at any token whose piece holds the delimiter "\n" (the
 sampler's `step_id`, an id or a tuple of ids: `Tokenizer.step_ids`, so a
@@ -27,7 +37,8 @@ Value layout, shared with `verifier.prefix_values`: `q_NP[:, 0]` = V(s_1),
 The fork-and-grade core (continuations of prefixes, grading, keys, the
 `Budget`) lives in `mc_values.py`, shared with the search's test-time MC
 scorer. A rollout cut by a full KV cache before the response budget makes
-Q̂ biased: `label_dataset` refuses such a chunk (raise `c.label.cache_size`).
+Q̂ biased: `label_dataset` refuses such a chunk (raise `c.label.cache_size`,
+the seeds' cache; the pool sizes its own from the prompts and the budget).
 
 First pits (`LabelConfig.first_pit`, App. D) and the adaptive MC budget
 (`n_mc_min`, `mc_tol`, `mc_alloc`; beyond the paper) act on these labels:
