@@ -60,10 +60,6 @@ def ring_size(max_prompt_len: int, max_new_tokens: int, segment: int) -> int:
   return _round_up(need, int(np.lcm(16, segment)))
 
 
-def _slot_axis(buf) -> int:
-  return 1 if buf.ndim == 3 else 2
-
-
 def _gather_prefix_rows(seed_cache, src_R, p_R, start, size):
   """Cache rows [R, ..., size] holding positions 0 .. p-1 of seed rows src_R
   at slots (start - p .. start - 1) mod size; every other slot empty."""
@@ -81,13 +77,16 @@ def _gather_prefix_rows(seed_cache, src_R, p_R, start, size):
   for name, kv in seed_cache["layers"].items():
     layers[name] = {}
     for kk, buf in kv.items():
-      rows = buf[src_R]
-      ax = _slot_axis(buf)
-      idx = src_RS if ax == 1 else src_RS[:, None]
-      idx = jnp.expand_dims(idx, -1)
-      got = jnp.take_along_axis(rows, idx, axis=ax)
-      okb = jnp.expand_dims(ok_RS if ax == 1 else ok_RS[:, None], -1)
-      layers[name][kk] = jnp.where(okb, got, jnp.zeros((), got.dtype))
+      # A gather of whole [H] vectors from the flattened buffer (an
+      # element-wise take_along_axis was ~0.4 ms per row on the CPU).
+      h = buf.shape[-1]
+      k = 1 if buf.ndim == 3 else buf.shape[1]
+      row_RK = src_R[:, None] * k + jnp.arange(k, dtype=src_R.dtype)[None]
+      idx_RKS = row_RK[:, :, None] * s0 + src_RS[:, None, :]
+      got = jnp.take(buf.reshape(-1, h), idx_RKS.reshape(-1), axis=0)
+      got = got.reshape(idx_RKS.shape + (h,))
+      got = jnp.where(ok_RS[:, None, :, None], got, jnp.zeros((), got.dtype))
+      layers[name][kk] = got[:, 0] if buf.ndim == 3 else got
   return jnp.where(ok_RS, c_RS, -1).astype(jnp.int32), layers
 
 
