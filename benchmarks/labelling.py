@@ -13,7 +13,10 @@ finished `make demo` workdir) and the config's own label settings (n_cov,
 n_mc, step and token budgets; `--config`, default configs/demo.py), nothing
 written: labelled prefixes per second, the stage's own measure. Timed
 `--repeats` times after a compiling call; prints the median. To compare two
-code versions, run it with `PYTHONPATH=<other checkout>` in turn.
+code versions, run it with `PYTHONPATH=<other checkout>` in turn;
+`--save=F.npz` keeps the chunk's label arrays, `--compare=F.npz` checks
+they are identical to a saved run's (same key: the labels must not depend
+on the code's batching).
 """
 
 import argparse
@@ -59,7 +62,22 @@ def demo_config(args) -> None:
                                    run.key("label_train"), lc)
     return time.perf_counter() - t0, int((arr["count_NP"] > 0).sum()), b
 
-  once()  # compile
+  def once_arrays():
+    return labelling.label_chunk(sampler, params, prompts, grade,
+                                 run.key("label_train"), lc)[0]
+
+  if args.save or args.compare:
+    arr = once_arrays()
+    if args.save:
+      np.savez(args.save, **arr)
+    if args.compare:
+      ref = np.load(args.compare)
+      diff = [k for k in ref.files
+              if k not in arr or not np.array_equal(ref[k], arr[k])]
+      print(f"labels vs {args.compare}: "
+            + (f"DIFFER in {diff}" if diff else "identical"))
+  else:
+    once()  # compile
   runs = [once() for _ in range(args.repeats)]
   dt = float(np.median([r[0] for r in runs]))
   n_pref, b = runs[0][1], runs[0][2]
@@ -78,6 +96,9 @@ def main():
   ap.add_argument("--workdir", default="")
   ap.add_argument("--config", default="configs/demo.py")
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--save", default="", help="--workdir: save labels (.npz)")
+  ap.add_argument("--compare", default="",
+                  help="--workdir: check labels equal a --save file")
   args = ap.parse_args()
   if args.workdir:
     return demo_config(args)

@@ -3,11 +3,13 @@
 Data flow (one chunk of prompts, all shapes static so decode compiles a few
 times per run):
 
-  prefill prompts once ─ fork n_mc ─> continuations of s_1 (question only)
-        └ fork n_cov ─> seed rows ─ decode one step (stop_at_step) ─┐
-                ^                                                    │
-                └──── rows still running ─ fork n_mc ─> continuations of
-                      s_{h+1} (the state after a step *is* its prefix cache)
+  prefill prompts once ─ fork n_cov ─> seed rows ─ decode one step
+        (stop_at_step) at a time; rows still running after step h give
+        prefix s_{h+1} (s_1: the prompt) ─┐
+                                          v
+  the seeds' final KV cache holds every prefix: each prefix's n_mc
+  continuations are rewound from it into one continuous-batching pool
+  (`mc_pool`), decoded a few tokens at a time with finished rows refilled
 
 Q̂(s) = fraction of a prefix's n_mc continuations graded correct. A step that
 ends with EOS closes the trajectory: its value is the outcome itself (exact,
@@ -15,6 +17,14 @@ no rollouts). Continuations of a *different* model μ (a checkpoint prover)
 cannot reuse π's cache: each prefix is prefilled once by μ and forked n_mc.
 `mode="reprefill"` instead prefills every continuation separately: the
 baseline of the forking benchmark, and the reference of the equality test.
+The adaptive MC budget labels one step at a time, forking a state of that
+step's prefixes rewound from the seeds (`mc_pool.prefix_state`). Whatever
+the path, draw i of prefix h of row r has the key `mc_values.mc_keys`
+gives it, so the labels do not depend on the batching: the pooled fork,
+the per-step fork and re-prefilling give the same Q̂ (tests). The pool cuts
+a continuation at the response budget (max_new_tokens minus the prefix's
+response: later tokens are never graded) and skips the padding prompts'
+rows, so its `Budget.sampled_tokens` is the tokens that count.
 
 A step ends at any token whose piece holds the delimiter "\n" (the
 sampler's `step_id`, an id or a tuple of ids: `Tokenizer.step_ids`, so a
@@ -27,7 +37,8 @@ Value layout, shared with `verifier.prefix_values`: `q_NP[:, 0]` = V(s_1),
 The fork-and-grade core (continuations of prefixes, grading, keys, the
 `Budget`) lives in `mc_values.py`, shared with the search's test-time MC
 scorer. A rollout cut by a full KV cache before the response budget makes
-Q̂ biased: `label_dataset` refuses such a chunk (raise `c.label.cache_size`).
+Q̂ biased: `label_dataset` refuses such a chunk (raise `c.label.cache_size`,
+the seeds' cache; the pool sizes its own from the prompts and the budget).
 
 First pits (`LabelConfig.first_pit`, App. D) and the adaptive MC budget
 (`n_mc_min`, `mc_tol`, `mc_alloc`; beyond the paper) act on these labels:
@@ -52,6 +63,7 @@ import numpy as np
 
 from pav_jax import identity as id_lib
 from pav_jax import labelled_set
+from pav_jax import mc_pool
 from pav_jax import mc_values
 from pav_jax import metrics
 from pav_jax import run_lib
@@ -410,23 +422,35 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
   running = np.ones(r_total, bool)
   resp_len = np.zeros((r_total, p_max), np.int64)  # response tokens of s_h+1
 
-  def label(h, state, rows_A):
-    """Q̂^π (and Q̂^μ) of prefix h of rows_A; state rows are rows_A's.
+  def prefix_of(h, rows_A):
+    """(seed rows, responses, full prefixes, prompt indices) of prefix h of
+    rows_A (h = 0: rows_A are prompts, s_1 is shared by their seeds)."""
+    if h == 0:
+      return (rows_A * n_cov, [[] for _ in rows_A],
+              [prompts[i] for i in rows_A], rows_A + prompt_offset)
+    resp_A = [resp[r][: resp_len[r, h]] for r in rows_A]
+    return (rows_A, resp_A,
+            [prompts[prompt_of_row[r]] + x for r, x in zip(rows_A, resp_A)],
+            prompt_of_row[rows_A] + prompt_offset)
+
+  def label(h, rows_A):
+    """Q̂^π (and Q̂^μ) of prefix h of rows_A, one step at a time (reprefill
+    mode, adaptive MC): fork mode forks a state of the prefixes rewound
+    from the seeds' final state (`mc_pool.prefix_state`).
 
     Returns (successes, rollouts, μ's successes out of n_mc or None).
     """
-    if h == 0:  # s_1 is per prompt; state rows are prompts.
-      resp_A = [[] for _ in rows_A]
-      prefixes = [prompts[i] for i in rows_A]
-      prompt_A = rows_A + prompt_offset
-    else:
-      resp_A = [resp[r] for r in rows_A]
-      prefixes = [prompts[prompt_of_row[r]] + resp[r] for r in rows_A]
-      prompt_A = prompt_of_row[rows_A] + prompt_offset
+    src, resp_A, prefixes, prompt_A = prefix_of(h, rows_A)
     keys = mc_values.mc_keys(k_mc, h, rows_A, n_mc)
+    state, rows = None, rows_A
+    if cfg.mode == "fork":
+      state = mc_pool.prefix_state(
+          sampler, seed, src, [len(p) - 1 for p in prefixes],
+          [p[-1] for p in prefixes], keys[::n_mc], cfg.max_new_tokens)
+      rows = np.arange(len(rows_A))
     succ, count = _adaptive_mc(
-        sampler, params, state if cfg.mode == "fork" else None, rows_A,
-        resp_A, prefixes, prompt_A, keys, grade, cfg, r_total, budget)
+        sampler, params, state, rows, resp_A, prefixes, prompt_A, keys,
+        grade, cfg, r_total, budget)
     succ_mu = None
     if prover is not None:
       succ_mu = mc_values.continue_prefilled(
@@ -435,21 +459,18 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
           repeat=False)
     return succ, count, succ_mu
 
-  # Prompts: prefilled once; s_1 labelled per prompt (copied to its seeds).
+  # Prompts: prefilled once, forked into the seed rows.
   state = sampler.prefill(params, prompts, None,
                           key_B=jax.random.split(k_prompt, c))
   budget.prefilled_tokens += sampler_lib.prefilled_tokens(prompts[:real])
-  all_prompts = np.arange(c)
-  succ, count, succ_mu = label(0, state, all_prompts)
-  q_succ[:, 0] = succ[prompt_of_row]
-  q_count[:, 0] = count[prompt_of_row]
-  if succ_mu is not None:
-    mu_succ[:, 0] = succ_mu[prompt_of_row]
-
   seed_keys = jax.vmap(lambda r: jax.random.fold_in(k_seed, r))(
       jnp.arange(r_total))
   seed = sampler_lib.fork(state, n_cov, key_B=seed_keys)
   del state
+  # Seeds first, step by step; the prefixes to label are (h, running rows).
+  # Their caches stay in the seeds' final state (every fed token keeps its
+  # slot and position), from which the labels rewind them.
+  todo = [(0, np.arange(c))]
   for h in range(1, cfg.max_steps + 1):
     out = sampler.decode(params, seed, cfg.max_step_tokens, stop_at_step=True)
     seed = out.state
@@ -475,19 +496,56 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
     for r in np.flatnonzero(stepped):
       n_prefix[r] = h + 1
     running = stepped
-    if h == cfg.max_steps:
+    if h == cfg.max_steps or not running.any():
       break
-    if running.any():
-      rows_A = np.flatnonzero(running)
-      succ, count, succ_mu = label(h, seed, rows_A)
-      q_succ[rows_A, h] = succ
-      q_count[rows_A, h] = count
-      if succ_mu is not None:
-        mu_succ[rows_A, h] = succ_mu
-      # Stop rows that reached their budget from decoding further.
-      seed = seed.replace(finished_B=jnp.asarray(~running))
-    else:
-      break
+    todo.append((h, np.flatnonzero(running)))
+    # Stop rows that reached their budget from decoding further.
+    seed = seed.replace(finished_B=jnp.asarray(~running))
+
+  def store(h, rows_A, succ, count, succ_mu):
+    if h == 0:  # per prompt: copied to its seeds
+      rows_A, succ, count = (np.arange(r_total), succ[prompt_of_row],
+                             count[prompt_of_row])
+      succ_mu = None if succ_mu is None else succ_mu[prompt_of_row]
+    q_succ[rows_A, h] = succ
+    q_count[rows_A, h] = count
+    if succ_mu is not None:
+      mu_succ[rows_A, h] = succ_mu
+
+  if cfg.mode == "fork" and not cfg.adaptive:
+    # Every rollout of every prefix in one continuous-batching pool; rows of
+    # padding prompts are not labelled (their arrays are dropped).
+    todo = [(h, rows_A[rows_A < (real if h == 0 else real * n_cov)])
+            for h, rows_A in todo]
+    todo = [(h, rows_A) for h, rows_A in todo if len(rows_A)]
+    parts = [prefix_of(h, rows_A) for h, rows_A in todo]
+    keys = jnp.concatenate([mc_values.mc_keys(k_mc, h, rows_A, n_mc)
+                            for h, rows_A in todo])
+    succ = mc_pool.pooled_successes(
+        sampler, params, seed, np.concatenate([x[0] for x in parts]),
+        [r for x in parts for r in x[1]], [p for x in parts for p in x[2]],
+        np.concatenate([x[3] for x in parts]),
+        keys.reshape((-1, n_mc) + keys.shape[1:]), grade,
+        cfg.max_new_tokens, budget)
+    lo = 0
+    for h, rows_A in todo:
+      s_A = succ[lo: lo + len(rows_A)]
+      lo += len(rows_A)
+      if h == 0:
+        s_A = np.concatenate([s_A, np.zeros(c - len(s_A), np.int32)])
+      mu = None
+      if prover is not None:
+        _, resp_A, prefixes, prompt_A = prefix_of(h, rows_A)
+        mu = mc_values.continue_prefilled(
+            prover.sampler, prover.params, prefixes, resp_A, prompt_A,
+            mc_values.mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, r_total,
+            budget, repeat=False)
+        if h == 0:
+          mu = np.concatenate([mu, np.zeros(c - len(mu), np.int32)])
+      store(h, rows_A, s_A, np.full(len(s_A), n_mc, np.int32), mu)
+  else:
+    for h, rows_A in todo:
+      store(h, rows_A, *label(h, rows_A))
   # Rows running at max_steps are truncated (their last step had no label).
   n_prefix = np.where(running & (n_prefix > cfg.max_steps), cfg.max_steps,
                       n_prefix)

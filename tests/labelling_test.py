@@ -99,7 +99,13 @@ def test_forked_labels_equal_reprefilled_labels():
   assert a_f["mask_NP"].sum() > len(a_f["mask_NP"])  # several steps labelled
   for k in a_f:
     np.testing.assert_array_equal(a_f[k], a_r[k], err_msg=k)
-  assert b_f.sampled_tokens == b_r.sampled_tokens
+  # The pooled fork labels the real prompts' prefixes only (3 of 4 here)
+  # and cuts each rollout at the response budget (tokens past it are never
+  # graded), so it samples fewer tokens than the per-step re-prefill.
+  labelled = a_f["count_NP"] > 0
+  labelled[np.arange(len(labelled)) % 2 > 0, 0] = False  # s_1 once/prompt
+  assert b_f.mc_rollouts == int(a_f["count_NP"][labelled].sum())
+  assert b_f.sampled_tokens < b_r.sampled_tokens
   assert b_f.prefilled_tokens < b_r.prefilled_tokens
 
 
@@ -194,7 +200,9 @@ def test_cache_full_fails_loudly_and_is_reported(tmp_path):
                              max_step_tokens=6, max_steps=3,
                              prompts_per_chunk=2, row_buckets=1)
   ident = {"tokenizer_sha256": "abc", "step_id": STEP, "eos_id": EOS}
-  small = sampler_lib.Sampler(gd, cfg, cache_size=12, eos_id=EOS,
+  # Seeds cut by the cache (10 slots: 2 tokens after the 8-token prompt
+  # bucket) before the response budget: the chunk is refused.
+  small = sampler_lib.Sampler(gd, cfg, cache_size=10, eos_id=EOS,
                               step_id=STEP, pad_id=PAD, buckets=(8,))
   with pytest.raises(mc_values.CacheFullError, match="label.cache_size"):
     _run(tmp_path / "small", small, params, prompts, lc, ident)
@@ -212,14 +220,19 @@ def test_cache_full_fails_loudly_and_is_reported(tmp_path):
   assert summ["cache_full_biased"] == 0
   assert "| 0 (0) |" in labelling.summary_row("train", dict(
       summ, cache_full=0))
-  # Cut rollouts that already reached the response budget are unbiased:
-  # counted in cache_full, not refused.
-  tight = sampler_lib.Sampler(gd, cfg, cache_size=16 + 12, eos_id=EOS,
+  # Forked continuations cut by the cache (4 free slots): biased below the
+  # response budget (12), unbiased once a prefix's response reached it.
+  tight = sampler_lib.Sampler(gd, cfg, cache_size=16 + 4, eos_id=EOS,
                               step_id=STEP, pad_id=PAD, buckets=(16,))
-  m2 = _run(tmp_path / "tight", tight, params, prompts, lc, ident)
-  assert m2["budget"]["cache_full"] > 0
-  assert m2["budget"]["cache_full_biased"] == 0
-  labelled_set.load_labelled(tmp_path / "tight")
+  for resp_len, biased in ((10, 0), (5, 2)):
+    state = tight.prefill(params, [[BOS, 5, STEP] + [6] * resp_len], None,
+                          key_B=jax.random.split(jax.random.key(2), 1))
+    b = mc_values.Budget()
+    mc_values.continue_forked(
+        tight, params, state, np.array([0]), [[6] * resp_len], [0],
+        jax.random.split(jax.random.key(3), 2), _grade_sum,
+        mc_values.McSettings(2, 12, 1), 1, b)
+    assert b.cache_full == 2 and b.cache_full_biased == biased, b
   m["budget"]["cache_full_biased"] = 3
   (tmp_path / "ok" / "manifest.json").write_text(json.dumps(m))
   with pytest.raises(labelled_set.LabelledSetError, match="label.cache_size"):
