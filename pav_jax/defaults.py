@@ -111,7 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.label.max_steps = 12  # most steps of a seed rollout
   c.label.prompts_per_chunk = 32  # one resumable shard per chunk
   c.label.mode = "fork"  # "fork" prefix caches or "reprefill" (baseline)
-  c.label.cache_size = 192  # KV slots: prompt bucket + seed steps + response
+  # KV slots of the seeds (prompt bucket + response) and of the per-step
+  # paths (reprefill, adaptive MC, provers); the pooled MC rollouts of
+  # fork mode size their own ring cache (mc_pool.ring_size).
+  c.label.cache_size = 192
   c.label.prover_checkpoint = ""  # params dir of a checkpoint prover mu
   c.label.first_pit_high = 0.0  # > 0: "first pit" prefixes of failing seeds
   # First pit (labelling.py): "off", "filter" (first Q=0 after Q >= pit_high,
