@@ -29,6 +29,8 @@ those four shapes as they occur in the model).
 """
 
 import argparse
+import dataclasses
+import importlib
 import os
 import platform
 import statistics
@@ -105,22 +107,54 @@ def timed(fn, cpu: list | None = None) -> float:
   return t
 
 
-def build_step(cfg, batch: int, seq: int, seed: int = 0):
-  """(run() -> metrics, n_params): the library's SFT step on one device."""
-  mesh = sharding_lib.make_mesh(devices=jax.devices()[:1])
-  tx = train_lib.make_optimizer(train_lib.OptimConfig(
+def import_tree(path: str) -> dict:
+  """The pav_jax modules this script uses, imported from another checkout.
+
+  The current `pav_jax` modules are set aside in sys.modules while the
+  other tree's are imported, then put back: the returned modules (and the
+  jitted functions built from them) keep working, so two versions of the
+  library run in one process, their steps interleaved with each other.
+  """
+  names = ("config", "sft_lib", "sharding", "train_lib", "transformer")
+  saved = {k: v for k, v in sys.modules.items()
+           if k == "pav_jax" or k.startswith("pav_jax.")}
+  for k in saved:
+    del sys.modules[k]
+  sys.path.insert(0, os.path.abspath(path))
+  try:
+    mods = {n: importlib.import_module(f"pav_jax.{n}") for n in names}
+    assert mods["config"].__file__.startswith(os.path.abspath(path))
+  finally:
+    sys.path.remove(os.path.abspath(path))
+    for k in [k for k in sys.modules
+              if k == "pav_jax" or k.startswith("pav_jax.")]:
+      del sys.modules[k]
+    sys.modules.update(saved)
+  return mods
+
+
+def build_step(cfg, batch: int, seq: int, seed: int = 0, lib=None):
+  """(run() -> metrics, jitted step, state holder, device batch): the SFT
+  step of this tree, or of the modules in `lib` (`import_tree`)."""
+  lib = lib or {"config": config_lib, "sft_lib": sft_lib,
+                "sharding": sharding_lib, "train_lib": train_lib,
+                "transformer": transformer}
+  shard, train, tr = lib["sharding"], lib["train_lib"], lib["transformer"]
+  cfg = lib["config"].ModelConfig(**dataclasses.asdict(cfg))
+  mesh = shard.make_mesh(devices=jax.devices()[:1])
+  tx = train.make_optimizer(train.OptimConfig(
       learning_rate=1e-4, warmup_steps=10, total_steps=1000))
-  state, shardings, graphdef = train_lib.init_state(
-      lambda: transformer.create(cfg, seed=seed), tx, mesh, seed)
-  step = train_lib.make_train_step(graphdef, sft_lib.sft_loss, tx, shardings,
-                                   mesh)
+  state, shardings, graphdef = train.init_state(
+      lambda: tr.create(cfg, seed=seed), tx, mesh, seed)
+  step = train.make_train_step(graphdef, lib["sft_lib"].sft_loss, tx,
+                               shardings, mesh)
   rng = np.random.default_rng(seed)
   tokens = rng.integers(4, cfg.vocab_size, (batch, seq)).astype(np.int32)
   loss_mask = np.zeros((batch, seq), np.int32)
   loss_mask[:, seq // 4:] = 1
   host = {"tokens": tokens, "loss_mask": loss_mask,
           "valid": np.ones((batch, seq), bool)}
-  dev_batch = jax.device_put(host, sharding_lib.batch_sharding(mesh))
+  dev_batch = jax.device_put(host, shard.batch_sharding(mesh))
   holder = {"state": state}
 
   def run():
@@ -153,6 +187,10 @@ def parse_args():
                  "(PYTHONPATH=DIR), interleaved, --rounds times, and print "
                  "the per-round rows and the medians")
   p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--baseline", default="",
+                 help="another checkout (e.g. the old code): its step is "
+                 "built in this process too and timed interleaved with "
+                 "this tree's (this, baseline, GEMMs per round)")
   p.add_argument("--dump-hlo", default="",
                  help="write the compiled step's HLO text to this path")
   return p.parse_args()
@@ -218,6 +256,11 @@ def main() -> None:
         f"{cfg.dtype}, remat {cfg.remat}; batch {b} x {t} tokens")
 
   run, step, holder, dev_batch = build_step(cfg, b, t)
+  base_run = None
+  if args.baseline:
+    base_run = build_step(cfg, b, t, lib=import_tree(args.baseline))[0]
+    jax.block_until_ready(base_run())
+    jax.block_until_ready(base_run())
   if args.dump_hlo:
     text = step.lower(holder["state"], dev_batch).compile().as_text()
     with open(args.dump_hlo, "w", encoding="utf-8") as fh:
@@ -235,9 +278,12 @@ def main() -> None:
 
   step_s, gemm_s = [], {name: [] for name in gemms}
   step_cpu, gemm_cpu = [], {name: [] for name in gemms}
+  base_s = []
   load0 = os.getloadavg()[0]
   for _ in range(args.repeats):
     step_s.append(timed(run, step_cpu))
+    if base_run is not None:
+      base_s.append(timed(base_run))
     for name, (fn, _) in gemms.items():
       gemm_s[name].append(timed(fn, gemm_cpu[name]))
   load1 = os.getloadavg()[0]
@@ -289,6 +335,23 @@ def main() -> None:
         f"{min(step_s) * 1e3:.0f} | {b * t / t_step:,.0f} | "
         f"{flops / 1e9:.1f} | {rate:.1f} | {frac:.1%} | {frac_sq:.1%} | "
         f"{frac_best:.1%} |")
+  if base_s:
+    t_base = statistics.median(base_s)
+    ratios = [x / y for x, y in zip(base_s, step_s)]
+    print(f"\nbaseline {args.baseline}: step times (s) "
+          f"{', '.join(f'{x:.3f}' for x in base_s)}")
+    print("\n| tree | ms/step (median) | ms/step (best) | GFLOP/s | of "
+          "model-shape GEMM rate | best/best model-shape |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, ts_ in (("baseline", base_s), (args.label or "this", step_s)):
+      r = flops / statistics.median(ts_) / 1e9
+      print(f"| {name} | {statistics.median(ts_) * 1e3:.0f} | "
+            f"{min(ts_) * 1e3:.0f} | {r:.1f} | {r / ref:.1%} | "
+            f"{flops / min(ts_) / 1e9 / best_ref:.1%} |")
+    print(f"\nbaseline/this time per round: "
+          f"{', '.join(f'{q:.2f}' for q in ratios)}; median "
+          f"{statistics.median(ratios):.2f}; ratio of medians "
+          f"{t_base / t_step:.2f}; of bests {min(base_s) / min(step_s):.2f}")
   print(f"RESULT {t_step * 1e3:.1f} {min(step_s) * 1e3:.1f} {frac:.4f} "
         f"{frac_sq:.4f} {frac_best:.4f} {frac_cpu:.4f}", flush=True)
 
