@@ -71,9 +71,8 @@ class Transformer(nnx.Module):
 
   def logits(self, x_BTD: jax.Array) -> jax.Array:
     """Tied output projection, soft-capped, in float32."""
-    logits_BTV = jnp.einsum(
-        "BTD,VD->BTV", x_BTD, self.embed_VD[...].astype(x_BTD.dtype)
-    ).astype(jnp.float32)
+    logits_BTV = layers.dense(
+        x_BTD, self.embed_VD[...].astype(x_BTD.dtype).T).astype(jnp.float32)
     return layers.soft_cap(logits_BTV, self.cfg.final_logit_soft_cap)
 
   def __call__(self, tokens_BT, pos_BT, valid_BT, cache=None):
