@@ -451,13 +451,18 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
     succ, count = _adaptive_mc(
         sampler, params, state, rows, resp_A, prefixes, prompt_A, keys,
         grade, cfg, r_total, budget)
-    succ_mu = None
-    if prover is not None:
-      succ_mu = mc_values.continue_prefilled(
-          prover.sampler, prover.params, prefixes, resp_A, prompt_A,
-          mc_values.mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, r_total, budget,
-          repeat=False)
-    return succ, count, succ_mu
+    return succ, count, prover_successes(h, rows_A)
+
+  def prover_successes(h, rows_A):
+    """Q̂^μ successes (out of n_mc) of prefix h of rows_A; None without a
+    checkpoint prover (μ cannot reuse π's cache: prefilled, then forked)."""
+    if prover is None:
+      return None
+    _, resp_A, prefixes, prompt_A = prefix_of(h, rows_A)
+    return mc_values.continue_prefilled(
+        prover.sampler, prover.params, prefixes, resp_A, prompt_A,
+        mc_values.mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, r_total, budget,
+        repeat=False)
 
   # Prompts: prefilled once, forked into the seed rows.
   state = sampler.prefill(params, prompts, None,
@@ -533,15 +538,9 @@ def label_chunk(sampler, params, prompts: Sequence[Sequence[int]],
       lo += len(rows_A)
       if h == 0:
         s_A = np.concatenate([s_A, np.zeros(c - len(s_A), np.int32)])
-      mu = None
-      if prover is not None:
-        _, resp_A, prefixes, prompt_A = prefix_of(h, rows_A)
-        mu = mc_values.continue_prefilled(
-            prover.sampler, prover.params, prefixes, resp_A, prompt_A,
-            mc_values.mc_keys(k_mu, h, rows_A, n_mc), grade, cfg, r_total,
-            budget, repeat=False)
-        if h == 0:
-          mu = np.concatenate([mu, np.zeros(c - len(mu), np.int32)])
+      mu = prover_successes(h, rows_A)
+      if h == 0 and mu is not None:
+        mu = np.concatenate([mu, np.zeros(c - len(mu), np.int32)])
       store(h, rows_A, s_A, np.full(len(s_A), n_mc, np.int32), mu)
   else:
     for h, rows_A in todo:
