@@ -5,7 +5,7 @@
 
 Full mode (one H100/H200; ~3 min on an H100 80GB incl. compiles, figures in
 benchmarks/README.md): the `gemma2_2b` shape with weights filled by
-`filled` (no PRNG) and stored in bf16 (compute bf16);
+`fill` (no PRNG) and stored in bf16 (compute bf16);
   1. `Sampler.generate` tokens/s at batch 64 and 256, prompt 256, 256 new
      tokens, temperature 1, no early stop (compile excluded; best of 2);
   2. one SFT train step (`train_lib.make_train_step`, AdamW, remat) on
@@ -91,66 +91,33 @@ def peak_tflops() -> float | None:
   return None
 
 
-def filled(abstract, shardings=None):
-  """Deterministic pseudo-random values of the abstract tree's shapes.
+def fill(abstract):
+  """Deterministic pseudo-random values of the abstract tree's shapes
+  (traceable: call it inside a jit).
 
   No PRNG: on an H100 (jax 0.11.2) XLA took 5 min 12 s to compile the
   jitted random init of the 2.6B-param model (nnx initialisers), a third
   of the device time lent to a session; sin of an iota compiles at once.
   """
   leaves, treedef = jax.tree.flatten(abstract)
-
-  def fill():
-    out = []
-    for i, x in enumerate(leaves):
-      n = math.prod(x.shape)
-      v = jnp.sin(jnp.arange(n, dtype=jnp.float32) * 12.9898 + i) * 0.02
-      out.append(v.reshape(x.shape).astype(x.dtype))
-    return jax.tree.unflatten(treedef, out)
-
-  return jax.jit(fill, out_shardings=shardings)()
-
-
-def _abstract_model():
-  model = nnx.eval_shape(lambda: transformer.create(CFG))
-  graphdef, state = nnx.split(model, nnx.Param)
-  return model, graphdef, nnx.to_pure_dict(state)
+  out = []
+  for i, x in enumerate(leaves):
+    n = math.prod(x.shape)
+    v = jnp.sin(jnp.arange(n, dtype=jnp.float32) * 12.9898 + i) * 0.02
+    out.append(v.reshape(x.shape).astype(x.dtype))
+  return jax.tree.unflatten(treedef, out)
 
 
 def bf16_params():
   """Filled params in bf16 (sharded on the current mesh if there is one)."""
-  model, graphdef, abstract = _abstract_model()
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), abstract)
+  model = nnx.eval_shape(lambda: transformer.create(CFG))
+  graphdef, state = nnx.split(model, nnx.Param)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16),
+                          nnx.to_pure_dict(state))
   mesh = sharding_lib.current_mesh()
   sh = None if mesh is None else sharding_lib.param_shardings(
       sharding_lib.logical_axes(model), abstract, mesh)
-  return graphdef, filled(abstract, sh)
-
-
-def train_state(tx, mesh):
-  """(state, shardings, graphdef) as `train_lib.init_state` lays them out,
-  with filled params (see `filled`)."""
-  model, graphdef, abstract = _abstract_model()
-  params_sh = sharding_lib.param_shardings(sharding_lib.logical_axes(model),
-                                           abstract, mesh)
-  rep = sharding_lib.replicated(mesh)
-  shardings = {
-      "params": params_sh,
-      "opt_state": sharding_lib.opt_state_shardings(tx, abstract, params_sh,
-                                                    mesh),
-      "step": rep,
-      "rng": rep,
-  }
-
-  def init(params):
-    return {"params": params, "opt_state": tx.init(params),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(0))}
-
-  state = jax.jit(init, out_shardings=shardings, donate_argnums=0)(
-      filled(abstract, params_sh))
-  return state, shardings, graphdef
+  return graphdef, jax.jit(lambda: fill(abstract), out_shardings=sh)()
 
 
 def bench_sampler(graphdef, params, rng) -> None:
@@ -180,7 +147,10 @@ def bench_train(rng, mm: float) -> None:
       devices=jax.devices()[:1])
   tx = train_lib.make_optimizer(train_lib.OptimConfig(
       learning_rate=1e-5, warmup_steps=1, total_steps=10))
-  state, shardings, graphdef = train_state(tx, mesh)
+  _, abstract = transformer.abstract_params(CFG)
+  state, shardings, graphdef = train_lib.init_state(
+      lambda: transformer.create(CFG), tx, mesh, seed=0,
+      init_params=lambda: fill(abstract))
 
   def loss_fn(graphdef, params, batch, rng):
     del rng

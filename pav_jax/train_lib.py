@@ -73,14 +73,20 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
                   weight_decay=cfg.weight_decay))
 
 
-def init_state(make_model: Callable[[], nnx.Module], tx, mesh, seed: int):
-  """Creates (state, state_shardings, graphdef) directly sharded on the mesh."""
+def init_state(make_model: Callable[[], nnx.Module], tx, mesh, seed: int,
+               init_params: Callable[[], dict] | None = None):
+  """Creates (state, state_shardings, graphdef) directly sharded on the mesh.
+
+  `init_params` (traced inside the init jit) replaces the model's own
+  initialisers, e.g. a benchmark's PRNG-free fill of the same tree.
+  """
   abstract_model = nnx.eval_shape(make_model)
   graphdef, _ = nnx.split(abstract_model, nnx.Param)
   axes = sharding_lib.logical_axes(abstract_model)
 
   def init():
-    params = nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
+    params = (init_params() if init_params is not None else
+              nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)))
     return {
         "params": params,
         "opt_state": tx.init(params),
